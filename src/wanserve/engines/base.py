@@ -1,0 +1,45 @@
+"""The one small interface every engine implements.
+
+An engine turns a `RenderJob` (already normalised, inputs already fetched, decoded and checked)
+into exactly `job.frame_count` RGB frames of `job.width` x `job.height`, at `job.fps`. It knows
+nothing of HTTP, tasks or encoding: the worker encodes the frames (with watermark and audio) and
+records progress. Engines call `progress(done, total)` as they work; that call may raise
+`TaskCanceled` or `LeaseLost`, which the engine must let propagate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Literal, Protocol
+
+import numpy as np
+from PIL import Image
+
+Progress = Callable[[int, int], None]
+TaskKind = Literal["t2v", "i2v", "kf2v"]
+
+
+@dataclass(frozen=True)
+class RenderJob:
+    kind: TaskKind
+    model: str
+    width: int
+    height: int
+    frame_count: int
+    fps: int = 30
+    seed: int = 0
+    prompt: str = ""
+    negative_prompt: str = ""
+    template: str | None = None
+    shot_type: str = "single"
+    first_frame: Image.Image | None = None  # RGB, any size; the engine fits it to width x height
+    last_frame: Image.Image | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class Engine(Protocol):
+    name: str
+
+    def render(self, job: RenderJob, progress: Progress) -> Iterator[np.ndarray]:
+        """Yield `job.frame_count` uint8 arrays of shape (height, width, 3)."""
+        ...
