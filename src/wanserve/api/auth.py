@@ -1,0 +1,23 @@
+"""Bearer-key authentication: each key belongs to an account; a task is visible to its account only."""
+
+from __future__ import annotations
+
+from fastapi import Request
+from starlette.concurrency import run_in_threadpool
+
+from ..accounts.keys import Caller, authenticate
+from ..errors import ServiceError
+
+
+async def require_caller(request: Request) -> Caller:
+    header = request.headers.get("authorization", "")
+    scheme, _, key = header.strip().partition(" ")
+    if not header or scheme.lower() != "bearer" or not key.strip():
+        raise ServiceError("InvalidApiKey", "No API-key provided. Send the header Authorization: Bearer <key>; "
+                           "create a key with `wanserve keys create`.", 401)
+    app = request.app
+    caller = await run_in_threadpool(authenticate, app.state.services.db, key.strip(), app.state.bootstrap_key)
+    if caller is None:
+        raise ServiceError("InvalidApiKey", "Invalid API-key provided. Check the key, or create one with "
+                           "`wanserve keys create`.", 401)
+    return caller

@@ -1,0 +1,16 @@
+"""Result videos behind signed, expiring URLs (HMAC; see storage.local)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse
+
+from .tasks import _services
+
+router = APIRouter()
+
+
+@router.get("/files/results/{name}")
+def get_result(name: str, request: Request, Expires: str = "", Signature: str = "") -> FileResponse:
+    path = _services(request).storage.check_signature(name, Expires, Signature)
+    return FileResponse(path, media_type="video/mp4")

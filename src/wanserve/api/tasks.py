@@ -1,0 +1,121 @@
+"""Create, query, list and cancel tasks (contract E1-E5)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from starlette.concurrency import run_in_threadpool
+
+from ..accounts.keys import Caller
+from ..errors import ServiceError, invalid_parameter
+from ..requests.normalize import normalize
+from ..services import Services
+from ..tasks.db import now_ms
+from ..tasks.store import STATUSES, UNKNOWN
+from .auth import require_caller
+from .errors import request_id
+from .views import display_zone, is_expired, list_item, task_body, unknown_output
+
+router = APIRouter()
+CallerDep = Annotated[Caller, Depends(require_caller)]
+
+
+def _services(request: Request) -> Services:
+    return request.app.state.services
+
+
+def public_base(request: Request) -> str:
+    return _services(request).settings.public_base_url or str(request.base_url)
+
+
+async def _create(request: Request, caller: Caller, endpoint: str) -> dict[str, Any]:
+    if request.headers.get("x-dashscope-async", "").strip().lower() != "enable":
+        raise ServiceError("AccessDenied", "current user api does not support synchronous calls; send the "
+                           "header X-DashScope-Async: enable.", 403)
+    raw = await request.body()
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ServiceError("BadRequest.IllegalInput", f"The input parameter requires json format: {exc}.") from None
+    oss = request.headers.get("x-dashscope-ossresourceresolve", "").strip().lower() == "enable"
+    gen = normalize(body, endpoint, oss_resolve=oss)
+    services = _services(request)
+    row = await run_in_threadpool(
+        services.store.create, account_id=caller.account_id, api_key_id=caller.api_key_id,
+        request_id=request_id(request), model=gen.requested_model, endpoint=endpoint,
+        request=gen.model_dump(mode="json"))
+    return {"request_id": request_id(request), "output": {"task_id": row["id"], "task_status": row["status"]}}
+
+
+@router.post("/services/aigc/video-generation/video-synthesis")
+async def create_video_generation(request: Request, caller: CallerDep) -> dict[str, Any]:
+    """Create a text-to-video, first-frame or wan2.7 task (asynchronous: poll GET /tasks/{task_id})."""
+    return await _create(request, caller, "video-generation")
+
+
+@router.post("/services/aigc/image2video/video-synthesis")
+async def create_image2video(request: Request, caller: CallerDep) -> dict[str, Any]:
+    """Create a first-and-last-frame (kf2v) task."""
+    return await _create(request, caller, "image2video")
+
+
+@router.get("/tasks/{task_id}")
+def get_task(task_id: str, request: Request, caller: CallerDep) -> dict[str, Any]:
+    services = _services(request)
+    task = services.store.get(task_id, caller.account_id)
+    if task is None or is_expired(task, services.settings, now_ms()):
+        return {"request_id": request_id(request), "output": unknown_output(task_id)}
+    body = task_body(task, settings=services.settings, storage=services.storage, base_url=public_base(request))
+    return {"request_id": request_id(request), **body}
+
+
+def _parse_list_time(value: str | None, name: str, request: Request) -> int | None:
+    if not value:
+        return None
+    try:
+        moment = datetime.strptime(value, "%Y%m%d%H%M%S").replace(tzinfo=display_zone(_services(request).settings))
+    except ValueError:
+        raise invalid_parameter(f"{name} must be YYYYMMDDhhmmss, e.g. 20250101120000; got {value!r}.") from None
+    return int(moment.timestamp() * 1000)
+
+
+@router.get("/tasks")
+@router.get("/tasks/", include_in_schema=False)
+def list_tasks(request: Request, caller: CallerDep,
+               task_id: str | None = None, start_time: str | None = None, end_time: str | None = None,
+               model_name: str | None = None, status: str | None = None,
+               page_no: Annotated[int, Query(ge=1)] = 1,
+               page_size: Annotated[int, Query(ge=1, le=100)] = 10) -> dict[str, Any]:
+    """List this account's tasks in a window of at most 24 h (default: the last 24 h), newest first."""
+    day = int(timedelta(days=1).total_seconds() * 1000)
+    start = _parse_list_time(start_time, "start_time", request)
+    end = _parse_list_time(end_time, "end_time", request)
+    if start is None and end is None:
+        end = now_ms()
+    if start is None:
+        start = end - day
+    if end is None:
+        end = start + day
+    if end < start or end - start > day:
+        raise invalid_parameter("start_time and end_time must span at most 24 hours, end after start.")
+    if status and status.upper() not in (*STATUSES, UNKNOWN):
+        raise invalid_parameter(f"status must be one of {', '.join((*STATUSES, UNKNOWN))}; got {status!r}.")
+    services = _services(request)
+    total, rows = services.store.list(caller.account_id, start_ms=start, end_ms=end, model=model_name,
+                                      status=status.upper() if status else None, task_id=task_id,
+                                      page_no=page_no, page_size=page_size)
+    data = [list_item(r) for r in rows if not is_expired(r, services.settings, now_ms())]
+    return {"request_id": request_id(request), "total": total, "total_page": -(-total // page_size),
+            "page_no": page_no, "page_size": page_size, "data": data, "tasks": data}
+
+
+@router.post("/tasks/{task_id}/cancel")
+def cancel_task(task_id: str, request: Request, caller: CallerDep) -> dict[str, Any]:
+    """Cancel a PENDING task (contract) or, as an extension, a RUNNING one (it stops within a second)."""
+    if not _services(request).store.cancel(task_id, caller.account_id):
+        raise ServiceError("UnsupportedOperation", "Failed to cancel the task, please confirm if the task is in "
+                           "PENDING status.", 400)
+    return {"request_id": request_id(request)}

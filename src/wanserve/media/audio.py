@@ -1,0 +1,32 @@
+"""A deterministic soundtrack for models that "generate" sound when the caller gives none.
+
+The preview engine is not AI and cannot make matching sound; it gives these models a quiet,
+seeded ambient chord so the output has the audio track the hosted service's output has.
+"""
+
+from __future__ import annotations
+
+import io
+import wave
+
+import numpy as np
+
+RATE = 44100
+
+
+def ambient_wav(seconds: float, seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * RATE), dtype=np.float32) / RATE
+    root = 110.0 * 2 ** (rng.integers(0, 12) / 12)
+    signal = np.zeros_like(t)
+    for ratio in (1.0, 1.25, 1.5, 2.0):  # a major chord with its octave
+        signal += np.sin(2 * np.pi * root * ratio * t + rng.uniform(0, 2 * np.pi)).astype(np.float32)
+    swell = 0.5 - 0.5 * np.cos(2 * np.pi * t / max(seconds, 1e-3))  # fade in and out
+    pcm = (signal / 4 * swell * 0.2 * 32767).astype(np.int16)
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(RATE)
+        w.writeframes(pcm.tobytes())
+    return buf.getvalue()
