@@ -12,9 +12,7 @@ class EngineSet:
     """The engines one worker process has loaded, by public model name."""
 
     def __init__(self, models: dict[str, dict] | None = None) -> None:
-        from .preview import PreviewEngine
-
-        self.default: Engine = PreviewEngine()
+        self._default: Engine | None = None
         self.by_model: dict[str, Engine] = {}
         for name, cfg in (models or {}).items():
             engine = cfg.get("engine", "preview")
@@ -23,4 +21,10 @@ class EngineSet:
                                  "use engine = \"preview\".")
 
     def for_model(self, model: str) -> Engine:
-        return self.by_model.get(model, self.default)
+        if model in self.by_model:
+            return self.by_model[model]
+        if self._default is None:
+            from .preview import PreviewEngine
+
+            self._default = PreviewEngine()
+        return self._default

@@ -1,0 +1,221 @@
+"""Fixtures that build real things: a running wanserve on a loopback port, a local media server,
+and input images and audio generated in code. No network beyond loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import http.server
+import io
+import os
+import socket
+import threading
+import time
+import wave
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import av
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+from PIL import Image
+
+from wanserve.accounts.keys import create_key
+from wanserve.api.app import create_app
+from wanserve.config import Settings
+from wanserve.engines import EngineSet
+from wanserve.services import Services
+from wanserve.tasks.sweeper import sweep
+from wanserve.worker.runner import run_workers
+
+ASYNC = {"X-DashScope-Async": "enable"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    base: str  # http://127.0.0.1:PORT
+    key: str
+    services: Services
+    stop: threading.Event
+
+    @property
+    def api(self) -> str:
+        return self.base + "/api/v1"
+
+    def client(self, key: str | None = None) -> httpx.Client:
+        return httpx.Client(base_url=self.api, headers={"Authorization": f"Bearer {key or self.key}"}, timeout=60)
+
+    def create(self, body: dict[str, Any], endpoint: str = "video-generation", **headers: str) -> httpx.Response:
+        with self.client() as c:
+            return c.post(f"/services/aigc/{endpoint}/video-synthesis", json=body, headers={**ASYNC, **headers})
+
+    def task(self, task_id: str) -> dict[str, Any]:
+        with self.client() as c:
+            return c.get(f"/tasks/{task_id}").json()
+
+    def wait(self, task_id: str, timeout: float = 120) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            body = self.task(task_id)
+            if body["output"]["task_status"] in ("SUCCEEDED", "FAILED", "CANCELED", "UNKNOWN"):
+                return body
+            time.sleep(0.1)
+        raise AssertionError(f"task {task_id} did not finish in {timeout} s: {body}")
+
+    def sweep(self) -> None:
+        sweep(self.services)
+
+
+@pytest.fixture
+def make_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    started: list[tuple[uvicorn.Server, threading.Thread, Server]] = []
+
+    def make(workers: int = 1, bootstrap_key: str = "", **overrides: Any) -> Server:
+        data = tmp_path_factory.mktemp("data")
+        settings = Settings(data_dir=data, workers=workers, poll_seconds=0.05, allow_private_media_urls=True,
+                            **overrides)
+        services = Services.open(settings)
+        _, key = create_key(services.db, "default")
+        stop = threading.Event()
+        run_workers(services, EngineSet(), workers, stop)
+        port = free_port()
+        server = uvicorn.Server(uvicorn.Config(create_app(services, bootstrap_key=bootstrap_key), host="127.0.0.1",
+                                               port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        while not server.started:
+            time.sleep(0.01)
+        handle = Server(f"http://127.0.0.1:{port}", key, services, stop)
+        started.append((server, thread, handle))
+        return handle
+
+    yield make
+    for server, thread, handle in started:
+        handle.stop.set()
+        server.should_exit = True
+        thread.join(5)
+        handle.services.close()
+
+
+@pytest.fixture
+def server(make_server) -> Server:
+    return make_server(workers=2)
+
+
+@pytest.fixture
+def dashscope_at(server: Server) -> Iterator[Server]:
+    """The official SDK pointed at the test server (only the base URL changes)."""
+    import dashscope
+
+    old = dashscope.base_http_api_url
+    dashscope.base_http_api_url = server.api
+    yield server
+    dashscope.base_http_api_url = old
+
+
+# -- local media server -------------------------------------------------------------------------
+
+
+@dataclass
+class MediaServer:
+    root: Path
+    base: str
+
+    def put(self, name: str, data: bytes) -> str:
+        (self.root / name).write_bytes(data)
+        return f"{self.base}/{name}"
+
+
+@pytest.fixture
+def media_server(tmp_path: Path) -> Iterator[MediaServer]:
+    root = tmp_path / "media"
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *a, **k: None  # type: ignore[method-assign]
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield MediaServer(root, f"http://127.0.0.1:{httpd.server_address[1]}")
+    httpd.shutdown()
+
+
+# -- inputs built in code -----------------------------------------------------------------------
+
+
+def image_bytes(width: int, height: int, fmt: str = "PNG", seed: int = 0) -> bytes:
+    """A picture with structure (gradient, shapes) so motion and morphs are visible."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    arr = np.stack([(x * 255 // max(width - 1, 1)), (y * 255 // max(height - 1, 1)),
+                    np.full_like(x, int(rng.integers(0, 255)))], axis=-1).astype(np.uint8)
+    cx, cy, r = int(rng.integers(width // 4, 3 * width // 4)), int(rng.integers(height // 4, 3 * height // 4)), \
+        min(width, height) // 6
+    arr[(x - cx) ** 2 + (y - cy) ** 2 < r * r] = (240, 240, 240)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, fmt)
+    return buf.getvalue()
+
+
+def wav_bytes(seconds: float, rate: int = 22050, freq: float = 440.0) -> bytes:
+    t = np.arange(int(seconds * rate)) / rate
+    pcm = (np.sin(2 * np.pi * freq * t) * 12000).astype(np.int16)
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm.tobytes())
+    return buf.getvalue()
+
+
+@dataclass
+class Probe:
+    codec: str
+    pix_fmt: str
+    fps: float
+    frames: int
+    width: int
+    height: int
+    audio_codec: str | None
+    audio_seconds: float | None
+
+
+def probe_video(data: bytes) -> Probe:
+    """Open a video with PyAV and count what is really in it (frames are decoded, not trusted)."""
+    with av.open(io.BytesIO(data)) as container:
+        v = container.streams.video[0]
+        a = container.streams.audio[0] if container.streams.audio else None
+        frames = sum(1 for _ in container.decode(video=0))
+        audio_seconds = None
+        if a is not None:
+            container.seek(0)
+            samples = sum(f.samples for f in container.decode(audio=0))
+            audio_seconds = samples / a.rate
+        return Probe(v.codec_context.name, v.codec_context.pix_fmt, float(v.average_rate), frames,
+                     v.codec_context.width, v.codec_context.height, a.codec_context.name if a else None,
+                     audio_seconds)
+
+
+def download(url: str) -> bytes:
+    r = httpx.get(url, timeout=60)
+    assert r.status_code == 200, r.text
+    return r.content
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_proxies() -> Iterator[None]:
+    """Loopback only: make sure no proxy settings send test traffic anywhere else."""
+    with contextlib.ExitStack():
+        for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
+            os.environ.pop(var, None)
+        os.environ["NO_PROXY"] = "127.0.0.1,localhost"
+        yield
