@@ -219,3 +219,23 @@ def _no_proxies() -> Iterator[None]:
             os.environ.pop(var, None)
         os.environ["NO_PROXY"] = "127.0.0.1,localhost"
         yield
+
+
+def mp3_bytes(seconds: float, freq: float = 330.0) -> bytes:
+    """An MP3 (libmp3lame through PyAV) of a sine tone."""
+    rate = 44100
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp3") as out:
+        stream = out.add_stream("libmp3lame", rate=rate)
+        stream.layout = "mono"
+        t = np.arange(int(seconds * rate)) / rate
+        pcm = (np.sin(2 * np.pi * freq * t) * 0.4).astype(np.float32)
+        for start in range(0, len(pcm), 1152):
+            chunk = pcm[start:start + 1152]
+            frame = av.AudioFrame.from_ndarray(chunk[None, :], format="fltp", layout="mono")
+            frame.sample_rate = rate
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return buf.getvalue()
