@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from fastapi import Request
+from fastapi import Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from ..accounts.keys import Caller, authenticate
 from ..errors import ServiceError
 
 
-async def require_caller(request: Request) -> Caller:
-    header = request.headers.get("authorization", "")
-    scheme, _, key = header.strip().partition(" ")
-    if not header or scheme.lower() != "bearer" or not key.strip():
+_bearer = HTTPBearer(auto_error=False, description="An API key from `wanserve keys create`")
+
+
+async def require_caller(request: Request,
+                         credentials: HTTPAuthorizationCredentials | None = Security(_bearer)) -> Caller:
+    key = credentials.credentials if credentials else ""
+    if not key.strip():
         raise ServiceError("InvalidApiKey", "No API-key provided. Send the header Authorization: Bearer <key>; "
                            "create a key with `wanserve keys create`.", 401)
     app = request.app

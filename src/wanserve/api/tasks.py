@@ -6,7 +6,7 @@ import json
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from ..accounts.keys import Caller
@@ -17,10 +17,19 @@ from ..tasks.db import now_ms
 from ..tasks.store import STATUSES, UNKNOWN
 from .auth import require_caller
 from .errors import request_id
+from .schemas import CreateResponse, ListResponse, RequestIdOnly, TaskResponse, errors
 from .views import display_zone, is_expired, list_item, task_body, unknown_output
 
 router = APIRouter()
 CallerDep = Annotated[Caller, Depends(require_caller)]
+AsyncHeader = Annotated[str | None, Header(alias="X-DashScope-Async", description="Must be `enable`")]
+OssHeader = Annotated[str | None, Header(alias="X-DashScope-OssResourceResolve",
+                                         description="`enable` to resolve oss:// inputs from the upload endpoint")]
+CREATE_DOC: dict[str, Any] = {
+    "response_model": CreateResponse, "responses": errors(400, 401, 403),
+    "openapi_extra": {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/CreateBody"}}}}},
+}
 
 
 def _services(request: Request) -> Services:
@@ -50,19 +59,22 @@ async def _create(request: Request, caller: Caller, endpoint: str) -> dict[str, 
     return {"request_id": request_id(request), "output": {"task_id": row["id"], "task_status": row["status"]}}
 
 
-@router.post("/services/aigc/video-generation/video-synthesis")
-async def create_video_generation(request: Request, caller: CallerDep) -> dict[str, Any]:
+@router.post("/services/aigc/video-generation/video-synthesis", **CREATE_DOC)
+async def create_video_generation(request: Request, caller: CallerDep, x_dashscope_async: AsyncHeader = None,
+                                  oss_resolve: OssHeader = None) -> dict[str, Any]:
     """Create a text-to-video, first-frame or wan2.7 task (asynchronous: poll GET /tasks/{task_id})."""
     return await _create(request, caller, "video-generation")
 
 
-@router.post("/services/aigc/image2video/video-synthesis")
-async def create_image2video(request: Request, caller: CallerDep) -> dict[str, Any]:
+@router.post("/services/aigc/image2video/video-synthesis", **CREATE_DOC)
+async def create_image2video(request: Request, caller: CallerDep, x_dashscope_async: AsyncHeader = None,
+                             oss_resolve: OssHeader = None) -> dict[str, Any]:
     """Create a first-and-last-frame (kf2v) task."""
     return await _create(request, caller, "image2video")
 
 
-@router.get("/tasks/{task_id}")
+@router.get("/tasks/{task_id}", response_model=TaskResponse, response_model_exclude_unset=True,
+            responses=errors(401))
 def get_task(task_id: str, request: Request, caller: CallerDep) -> dict[str, Any]:
     services = _services(request)
     task = services.store.get(task_id, caller.account_id)
@@ -82,12 +94,12 @@ def _parse_list_time(value: str | None, name: str, request: Request) -> int | No
     return int(moment.timestamp() * 1000)
 
 
-@router.get("/tasks")
+@router.get("/tasks", response_model=ListResponse, response_model_exclude_unset=True, responses=errors(400, 401))
 @router.get("/tasks/", include_in_schema=False)
 def list_tasks(request: Request, caller: CallerDep,
                task_id: str | None = None, start_time: str | None = None, end_time: str | None = None,
                model_name: str | None = None, status: str | None = None,
-               page_no: Annotated[int, Query(ge=1)] = 1,
+               page_no: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
                page_size: Annotated[int, Query(ge=1, le=100)] = 10) -> dict[str, Any]:
     """List this account's tasks in a window of at most 24 h (default: the last 24 h), newest first."""
     day = int(timedelta(days=1).total_seconds() * 1000)
@@ -112,7 +124,7 @@ def list_tasks(request: Request, caller: CallerDep,
             "page_no": page_no, "page_size": page_size, "data": data, "tasks": data}
 
 
-@router.post("/tasks/{task_id}/cancel")
+@router.post("/tasks/{task_id}/cancel", response_model=RequestIdOnly, responses=errors(400, 401))
 def cancel_task(task_id: str, request: Request, caller: CallerDep) -> dict[str, Any]:
     """Cancel a PENDING task (contract) or, as an extension, a RUNNING one (it stops within a second)."""
     if not _services(request).store.cancel(task_id, caller.account_id):

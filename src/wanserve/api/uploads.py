@@ -22,12 +22,14 @@ from ..errors import ServiceError, invalid_parameter
 from ..tasks.db import now_ms
 from ..tasks.schema import uploads
 from .errors import request_id
+from .schemas import PolicyResponse, RequestIdOnly, errors
 from .tasks import CallerDep, _services, public_base
 
 router = APIRouter()
 
 
-@router.get("/uploads")
+@router.get("/uploads", response_model=PolicyResponse, response_model_exclude_unset=True,
+            responses=errors(400, 401))
 def get_policy(request: Request, caller: CallerDep, action: str = "", model: str = "") -> dict[str, Any]:
     """An upload policy for one model (valid `expire_in_seconds`); files live 48 h."""
     if action != "getPolicy":
@@ -48,7 +50,7 @@ def get_policy(request: Request, caller: CallerDep, action: str = "", model: str
         "x_oss_object_acl": "private", "x_oss_forbid_overwrite": "true"}}
 
 
-@router.post("/uploads")
+@router.post("/uploads", response_model=RequestIdOnly, responses=errors(400, 403, 409))
 async def upload(request: Request) -> dict[str, Any]:
     """Receive one file under a policy from GET /uploads (multipart form, `file` last)."""
     services = _services(request)
