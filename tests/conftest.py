@@ -12,9 +12,10 @@ import socket
 import threading
 import time
 import wave
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import av
 import httpx

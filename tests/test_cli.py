@@ -17,7 +17,7 @@ from .conftest import ASYNC, free_port
 
 def wanserve(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "wanserve.cli", *args], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, **(env or {})})
+                          timeout=120, check=False, env={**os.environ, **(env or {})})
 
 
 def test_keys_create_list_and_revoke(tmp_path):

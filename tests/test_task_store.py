@@ -5,10 +5,11 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import create_engine, text, update
+from sqlalchemy.exc import OperationalError
 
 from wanserve.tasks.db import migrate, now_ms, open_engine
 from wanserve.tasks.schema import tasks
@@ -23,7 +24,7 @@ def _postgres_url() -> Iterator[str]:
     try:
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # pragma: no cover - CI machines run PostgreSQL locally
+    except OperationalError as exc:  # pragma: no cover - CI machines run PostgreSQL locally
         pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN}: {exc}")
     yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
     with admin.connect() as conn:

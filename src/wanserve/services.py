@@ -20,7 +20,7 @@ class Services:
     storage: LocalStorage
 
     @classmethod
-    def open(cls, settings: Settings) -> "Services":
+    def open(cls, settings: Settings) -> Services:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         db = open_engine(settings.db_url)
         migrate(db)

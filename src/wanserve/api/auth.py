@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
@@ -9,12 +11,11 @@ from starlette.concurrency import run_in_threadpool
 from ..accounts.keys import Caller, authenticate
 from ..errors import ServiceError
 
-
 _bearer = HTTPBearer(auto_error=False, description="An API key from `wanserve keys create`")
 
 
 async def require_caller(request: Request,
-                         credentials: HTTPAuthorizationCredentials | None = Security(_bearer)) -> Caller:
+                         credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]) -> Caller:
     key = credentials.credentials if credentials else ""
     if not key.strip():
         raise ServiceError("InvalidApiKey", "No API-key provided. Send the header Authorization: Bearer <key>; "

@@ -40,15 +40,28 @@ def public_base(request: Request) -> str:
     return _services(request).settings.public_base_url or str(request.base_url)
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse_json_body(raw: bytes) -> Any:
+    """Strict JSON (no NaN/Infinity), refused as BadRequest.IllegalInput in every way it can be bad:
+    syntax, encoding, over-long integer literals, nesting too deep, lone surrogates that could not
+    be stored and shown again."""
+    try:
+        body = json.loads(raw, parse_constant=_reject_constant)
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except (ValueError, RecursionError, UnicodeError) as exc:
+        detail = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
+        raise ServiceError("BadRequest.IllegalInput", f"The input parameter requires json format: {detail}.") from None
+    return body
+
+
 async def _create(request: Request, caller: Caller, endpoint: str) -> dict[str, Any]:
     if request.headers.get("x-dashscope-async", "").strip().lower() != "enable":
         raise ServiceError("AccessDenied", "current user api does not support synchronous calls; send the "
                            "header X-DashScope-Async: enable.", 403)
-    raw = await request.body()
-    try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ServiceError("BadRequest.IllegalInput", f"The input parameter requires json format: {exc}.") from None
+    body = parse_json_body(await request.body())
     oss = request.headers.get("x-dashscope-ossresourceresolve", "").strip().lower() == "enable"
     gen = normalize(body, endpoint, oss_resolve=oss)
     services = _services(request)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -38,7 +38,7 @@ def get_policy(request: Request, caller: CallerDep, action: str = "", model: str
         raise invalid_parameter(f"model: {model!r} is not a model this server knows; pass the model the file is for.")
     s = _services(request).settings
     expires = int(time.time()) + s.upload_policy_seconds
-    day = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    day = datetime.now(UTC).strftime("%Y-%m-%d")
     upload_dir = f"dashscope-instant/{secrets.token_hex(8)}/{day}/{secrets.token_hex(8)}"
     policy, signature = _services(request).storage.make_policy(
         caller.account_id, model, upload_dir, expires, s.upload_max_mb * 2**20)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from .base import Engine, RenderJob
 
-__all__ = ["Engine", "RenderJob", "EngineSet"]
+__all__ = ["Engine", "EngineSet", "RenderJob"]
 
 
 class EngineSet:

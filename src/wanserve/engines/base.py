@@ -9,8 +9,9 @@ records progress. Engines call `progress(done, total)` as they work; that call m
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Literal, Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 from PIL import Image

@@ -15,6 +15,7 @@ truncated (never refused), `resolution` is case-insensitive.
 
 from __future__ import annotations
 
+import math
 import secrets
 from typing import Any, Literal
 
@@ -89,7 +90,8 @@ def _get_int(params: dict, key: str) -> int | None:
     value = params.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or int(value) != value:
         raise invalid_parameter(f"parameters.{key} must be an integer, got {value!r}.")
     return int(value)
 
@@ -268,7 +270,7 @@ def _wan27_media(inp: dict, oss: bool) -> list[MediaInput]:
         if not isinstance(item, dict):
             raise invalid_parameter(f"{field} must be an object {{\"type\": ..., \"url\": ...}}.")
         kind, url = item.get("type"), item.get("url")
-        if kind not in roles:
+        if not isinstance(kind, str) or kind not in roles:
             raise invalid_parameter(f"{field}.type: {kind!r} is not supported by wan2.7-i2v; use first_frame, "
                                     "last_frame, driving_audio or first_clip.")
         if kind in seen:

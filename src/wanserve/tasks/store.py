@@ -45,9 +45,9 @@ class TaskStore:
 
     def create(self, *, account_id: str, api_key_id: str, request_id: str, model: str, endpoint: str,
                request: dict[str, Any]) -> dict[str, Any]:
-        row = dict(id=str(uuid.uuid4()), account_id=account_id, api_key_id=api_key_id, request_id=request_id,
-                   model=model, endpoint=endpoint, status=PENDING, request=request, submit_ms=now_ms(),
-                   attempts=0)
+        row = {"id": str(uuid.uuid4()), "account_id": account_id, "api_key_id": api_key_id,
+               "request_id": request_id, "model": model, "endpoint": endpoint, "status": PENDING,
+               "request": request, "submit_ms": now_ms(), "attempts": 0}
         with self.engine.begin() as conn:
             conn.execute(tasks.insert().values(**row))
         return row

@@ -23,8 +23,14 @@ from ..engines import EngineSet, RenderJob
 from ..errors import LeaseLost, ServiceError, TaskCanceled
 from ..media.audio import ambient_wav
 from ..media.fetch import fetch_media
-from ..media.inputs import (LEGACY_AUDIO_LIMITS, LEGACY_IMAGE_LIMITS, WAN27_AUDIO_LIMITS, WAN27_IMAGE_LIMITS,
-                            check_audio, load_image)
+from ..media.inputs import (
+    LEGACY_AUDIO_LIMITS,
+    LEGACY_IMAGE_LIMITS,
+    WAN27_AUDIO_LIMITS,
+    WAN27_IMAGE_LIMITS,
+    check_audio,
+    load_image,
+)
 from ..media.video import encode_mp4
 from ..requests.normalize import GenerationRequest
 from ..services import Services
@@ -121,7 +127,7 @@ class Worker:
         except MemoryError:
             store.fail(task_id, self.worker_id, "InternalError.Algo",
                        "inference internal error: out of memory. Try a lower resolution or a shorter duration.")
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any engine failure must end the task FAILED, not the worker
             log.error("task %s: internal error\n%s", task_id, traceback.format_exc())
             store.fail(task_id, self.worker_id, "InternalError.Algo",
                        f"inference internal error: {type(exc).__name__}.")
