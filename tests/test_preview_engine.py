@@ -81,14 +81,14 @@ def test_engine_is_named_preview():
 
 def test_same_seed_and_inputs_give_identical_frames():
     a, b = render(job("i2v", seed=42)), render(job("i2v", seed=42))
-    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
 
 
 @pytest.mark.parametrize("kind", ["t2v", "kf2v"])
 def test_other_kinds_are_deterministic_too(kind):
     a = render(job(kind, seed=5, prompt="Shot 1 [0-1 s]: a. Shot 2 [1-2 s]: b."))
     b = render(job(kind, seed=5, prompt="Shot 1 [0-1 s]: a. Shot 2 [1-2 s]: b."))
-    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
 
 
 def test_different_seeds_give_different_camera_moves():
@@ -153,7 +153,8 @@ def test_flow_morph_reproduces_its_endpoints_exactly_and_is_reusable_for_interpo
 
 
 def test_t2v_shows_a_different_card_during_each_shots_time_range():
-    prompt = "Shot 1 [0-1 s]: A quiet harbour at dawn. Shot 2 [1-2 s]: Gulls take off. Shot 3 [2-3 s]: The sun rises."
+    prompt = ("Shot 1 [0-1 s]: A quiet harbour at dawn. Shot 2 [1-2 s]: Gulls take off. "
+              "Shot 3 [2-3 s]: The sun rises.")
     frames = render(job("t2v", n=90, prompt=prompt, seed=9))
     one, two, three = frames[15], frames[45], frames[75]  # the middle of each shot
     assert mad(one, two) > 10 and mad(two, three) > 10 and mad(one, three) > 10
@@ -198,10 +199,11 @@ def test_parse_shots_splits_prompts_at_shot_markers(prompt, duration, expected):
 
 
 def test_multi_shot_without_markers_spreads_sentences_over_two_or_three_cards():
-    shots = parse_shots("A cat wakes up. It stretches. It jumps on the table. It knocks over a glass.", 6, "multi")
+    prompt = "A cat wakes up. It stretches. It jumps on the table. It knocks over a glass."
+    shots = parse_shots(prompt, 6, "multi")
     assert 2 <= len(shots) <= 3
     assert shots[0].start == 0 and shots[-1].end == 6
-    assert " ".join(s.text for s in shots) == "A cat wakes up. It stretches. It jumps on the table. It knocks over a glass."
+    assert " ".join(s.text for s in shots) == prompt
 
 
 def test_templates_differ_from_each_other_and_from_plain_i2v():
