@@ -230,3 +230,11 @@ def test_rejected_bodies_never_leave_a_task(make_server):
             assert r.status_code == 400, (body, r.text)
             assert set(r.json()) == {"request_id", "code", "message"}
     assert task_count(server) == 0
+
+
+def test_video_url_with_non_ascii_signature_or_expiry_is_403(make_server):
+    server = make_server(workers=0)
+    server.services.storage.result_path("t").write_bytes(b"x")
+    for query in ("Expires=9999999999&Signature=é", "Expires=²&Signature=abc"):
+        r = httpx.get(f"{server.base}/files/results/t.mp4?{query}")
+        assert_error(r, 403, "AccessDenied")

@@ -27,6 +27,11 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
 
+def _same(given: str, expected: str) -> bool:
+    """Constant-time comparison that also accepts non-ASCII input (which never matches)."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode())
+
+
 class LocalStorage:
     def __init__(self, root: Path, secret: bytes) -> None:
         self.root = root
@@ -56,7 +61,8 @@ class LocalStorage:
 
     def check_signature(self, name: str, expires: str, signature: str) -> Path:
         """The file a signed URL grants, or ServiceError(403) if tampered, expired or gone."""
-        if not (expires.isdigit() and hmac.compare_digest(signature, self._sign_result(name, expires))):
+        if not (expires.isascii() and expires.isdigit()
+                and _same(signature, self._sign_result(name, expires))):
             raise ServiceError("AccessDenied", "The URL signature does not match; use the video_url exactly "
                                "as the task query returned it.", 403)
         if int(expires) < time.time():
@@ -77,7 +83,7 @@ class LocalStorage:
         return policy, self._sign(policy)
 
     def open_policy(self, policy: str, signature: str) -> dict[str, Any]:
-        if not hmac.compare_digest(signature, self._sign(policy)):
+        if not _same(signature, self._sign(policy)):
             raise ServiceError("AccessDenied", "The request signature we calculated does not match the "
                                "signature you provided; request a new policy with GET /api/v1/uploads.", 403)
         doc = json.loads(base64.urlsafe_b64decode(policy + "=" * (-len(policy) % 4)))
