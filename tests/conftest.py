@@ -82,8 +82,8 @@ def make_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
 
     def make(workers: int = 1, bootstrap_key: str = "", **overrides: Any) -> Server:
         data = tmp_path_factory.mktemp("data")
-        settings = Settings(data_dir=data, workers=workers, poll_seconds=0.05, allow_private_media_urls=True,
-                            **overrides)
+        overrides = {"allow_private_media_urls": True, **overrides}  # the media fixtures are on loopback
+        settings = Settings(data_dir=data, workers=workers, poll_seconds=0.05, **overrides)
         services = Services.open(settings)
         _, key = create_key(services.db, "default")
         stop = threading.Event()

@@ -166,3 +166,13 @@ def test_worker_process_stops_cleanly_on_sigterm(make_server):
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=10) == 0
     assert os.path.exists(server.services.settings.data_dir / "wanserve.db")
+
+
+def test_media_urls_on_private_addresses_are_refused_by_default(make_server, media_server):
+    server = make_server(workers=1, allow_private_media_urls=False)
+    url = media_server.put("i.png", image_bytes(832, 480))
+    tid = server.create({"model": "wan2.2-i2v-flash", "input": {"prompt": "x", "img_url": url},
+                         "parameters": {"resolution": "480P"}}).json()["output"]["task_id"]
+    out = server.wait(tid)["output"]
+    assert out["task_status"] == "FAILED" and out["code"] == "InvalidURL"
+    assert "WANSERVE_ALLOW_PRIVATE_MEDIA_URLS" in out["message"]

@@ -1,6 +1,9 @@
-"""Every example request in the seed documents, sent as written (contract section 8, C01-C19),
-except that the base URL, the key and the media URLs point at local servers. Each one runs to a
-terminal state and its video is checked with PyAV."""
+"""Contract section 8: every example request in the seed documents, sent as written (C01-C19),
+except that the base URL, the key and the media URLs point at local servers, each run to a
+terminal state with its video checked by PyAV; then the derived negative cases N1-N12.
+
+N4 differs on purpose: cancelling a RUNNING task is a wanserve extension (it stops within a
+second), so only finished tasks answer UnsupportedOperation."""
 
 from __future__ import annotations
 
@@ -250,6 +253,72 @@ def test_c19_query_with_only_authorization(server: Server):
     out = q.json()["output"]
     assert out["task_status"] == "SUCCEEDED"
     assert {"task_id", "submit_time", "scheduled_time", "end_time", "video_url", "orig_prompt"} <= set(out)
+
+
+def _error(r: httpx.Response, status: int, code: str) -> None:
+    assert r.status_code == status, r.text
+    assert set(r.json()) == {"request_id", "code", "message"} and r.json()["code"] == code
+
+
+T2V = {"model": "wanx2.1-t2v-turbo", "input": {"prompt": "x"}, "parameters": {"size": "832*480"}}
+
+
+def test_n1_create_without_async_header_is_403(server: Server):
+    r = httpx.post(f"{server.api}/services/aigc/video-generation/video-synthesis", json=T2V,
+                   headers={"Authorization": f"Bearer {server.key}"})
+    _error(r, 403, "AccessDenied")
+
+
+def test_n2_bad_key_is_401(server: Server):
+    with server.client(key="sk-bad") as c:
+        _error(c.post("/services/aigc/video-generation/video-synthesis", json=T2V, headers=ASYNC), 401, "InvalidApiKey")
+
+
+def test_n3_random_task_id_is_unknown(server: Server):
+    assert server.task("0385dc79-5ff8-4d82-bcb6-xxxxxx")["output"]["task_status"] == "UNKNOWN"
+
+
+def test_n4_cancel_of_a_finished_task_is_400(server: Server):
+    tid = server.create(T2V).json()["output"]["task_id"]
+    server.wait(tid)
+    with server.client() as c:
+        _error(c.post(f"/tasks/{tid}/cancel"), 400, "UnsupportedOperation")
+
+
+def test_n5_cancel_pending_then_canceled(make_server):
+    srv = make_server(workers=0)
+    tid = srv.create(T2V).json()["output"]["task_id"]
+    with srv.client() as c:
+        assert c.post(f"/tasks/{tid}/cancel").status_code == 200
+    assert srv.task(tid)["output"]["task_status"] == "CANCELED"
+
+
+def test_n6_oss_url_without_resolve_header_is_400(server: Server):
+    body = {"model": "wan2.2-i2v-flash", "input": {"prompt": "x", "img_url": "oss://dashscope-instant/a/b/c.png"}}
+    _error(server.create(body), 400, "InvalidParameter.DataInspection")
+
+
+def test_n7_unknown_model_is_400_model_not_exist(server: Server):
+    r = server.create({**T2V, "model": "wan3-t2v"})
+    _error(r, 400, "InvalidParameter")
+    assert r.json()["message"].startswith("Model not exist.")
+
+
+def test_n8_t2v_size_given_as_720p_is_invalid_parameter(server: Server):
+    _error(server.create({**T2V, "parameters": {"size": "720P"}}), 400, "InvalidParameter")
+
+
+def test_n10_create_answers_task_id_and_status(server: Server):
+    out = server.create(T2V).json()["output"]
+    assert set(out) == {"task_id", "task_status"} and out["task_status"] == "PENDING"
+
+
+def test_n11_list_is_flat_with_status_and_ms_times(server: Server):
+    tid = server.create(T2V).json()["output"]["task_id"]
+    server.wait(tid)
+    with server.client() as c:
+        item = c.get("/tasks/").json()["data"][0]
+    assert item["status"] == "SUCCEEDED" and isinstance(item["gmt_create"], int) and isinstance(item["end_time"], int)
 
 
 def test_n9_an_over_long_prompt_is_truncated_not_refused(server: Server):
