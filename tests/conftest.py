@@ -11,7 +11,6 @@ import os
 import socket
 import threading
 import time
-import wave
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from wanserve.accounts.keys import create_key
 from wanserve.api.app import create_app
 from wanserve.config import Settings
 from wanserve.engines import EngineSet
+from wanserve.media.audio import wav_bytes as pcm_wav
 from wanserve.services import Services
 from wanserve.tasks.sweeper import sweep
 from wanserve.worker.runner import run_workers
@@ -168,14 +168,7 @@ def image_bytes(width: int, height: int, fmt: str = "PNG", seed: int = 0) -> byt
 
 def wav_bytes(seconds: float, rate: int = 22050, freq: float = 440.0) -> bytes:
     t = np.arange(int(seconds * rate)) / rate
-    pcm = (np.sin(2 * np.pi * freq * t) * 12000).astype(np.int16)
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm.tobytes())
-    return buf.getvalue()
+    return pcm_wav((np.sin(2 * np.pi * freq * t) * 12000).astype(np.int16), rate)
 
 
 @dataclass

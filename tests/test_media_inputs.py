@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import math
 import struct
-import wave
 import zlib
 
 import av
@@ -14,6 +13,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from wanserve.errors import ServiceError
+from wanserve.media.audio import wav_bytes
 from wanserve.media.inputs import (
     LEGACY_AUDIO_LIMITS,
     LEGACY_IMAGE_LIMITS,
@@ -248,14 +248,7 @@ def test_crafted_header_helper_makes_a_png_pillow_reads():
 
 def wav_sine(seconds: float, rate: int = 8000) -> bytes:
     n = round(seconds * rate)
-    samples = (np.sin(2 * math.pi * 440 * np.arange(n) / rate) * 12000).astype("<i2")
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(samples.tobytes())
-    return buf.getvalue()
+    return wav_bytes((np.sin(2 * math.pi * 440 * np.arange(n) / rate) * 12000).astype("<i2"), rate)
 
 
 def mp3_codec() -> str | None:

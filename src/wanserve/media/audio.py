@@ -22,11 +22,15 @@ def ambient_wav(seconds: float, seed: int) -> bytes:
     for ratio in (1.0, 1.25, 1.5, 2.0):  # a major chord with its octave
         signal += np.sin(2 * np.pi * root * ratio * t + rng.uniform(0, 2 * np.pi)).astype(np.float32)
     swell = 0.5 - 0.5 * np.cos(2 * np.pi * t / max(seconds, 1e-3))  # fade in and out
-    pcm = (signal / 4 * swell * 0.2 * 32767).astype(np.int16)
+    return wav_bytes((signal / 4 * swell * 0.2 * 32767).astype(np.int16), RATE)
+
+
+def wav_bytes(pcm: np.ndarray, rate: int) -> bytes:
+    """A mono 16-bit WAV file of the given samples."""
     buf = io.BytesIO()
     with wave.open(buf, "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
-        w.setframerate(RATE)
-        w.writeframes(pcm.tobytes())
+        w.setframerate(rate)
+        w.writeframes(pcm.astype("<i2").tobytes())
     return buf.getvalue()
