@@ -18,11 +18,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
+
 from ..catalog.models import find_model, image_output_size, parse_size
 from ..engines import EngineSet, RenderJob
 from ..errors import LeaseLost, ServiceError, TaskCanceled
 from ..media.audio import ambient_wav
-from ..media.fetch import fetch_media
+from ..media.fetch import OssResolver, fetch_media
 from ..media.inputs import (
     LEGACY_AUDIO_LIMITS,
     LEGACY_IMAGE_LIMITS,
@@ -35,7 +37,7 @@ from ..media.video import encode_mp4
 from ..requests.normalize import GenerationRequest
 from ..services import Services
 from ..tasks.db import now_ms
-from ..tasks.schema import uploads
+from ..tasks.schema import tasks, uploads
 from ..tasks.store import CANCELED, Claimed
 
 log = logging.getLogger("wanserve.worker")
@@ -185,18 +187,16 @@ class Worker:
                 "actual_prompt": req.prompt if (spec.returns_actual_prompt and req.prompt_extend) else None,
                 "width": width, "height": height, "engine": engine.name}
 
-    def _oss_resolver(self, task_id: str):
+    def _oss_resolver(self, task_id: str) -> OssResolver:
+        """oss:// keys resolve only to live uploads of the task's own account."""
         services = self.services
 
         def resolve(key: str) -> Path:
-            from sqlalchemy import select
-
-            from ..tasks.schema import tasks
+            fresh = now_ms() - services.settings.upload_ttl_seconds * 1000
+            query = (select(uploads.c.key).join(tasks, tasks.c.account_id == uploads.c.account_id)
+                     .where(tasks.c.id == task_id, uploads.c.key == key, uploads.c.created_ms > fresh))
             with services.db.begin() as conn:
-                account = conn.execute(select(tasks.c.account_id).where(tasks.c.id == task_id)).scalar_one()
-                row = conn.execute(select(uploads).where(uploads.c.key == key, uploads.c.account_id == account,
-                                                         uploads.c.created_ms > now_ms() - services.settings
-                                                         .upload_ttl_seconds * 1000)).first()
+                row = conn.execute(query).first()
             if row is None:
                 raise ServiceError("InvalidParameter.DataInspection",
                                    f"Unable to download the media resource oss://{key}: it was not uploaded by "
