@@ -35,6 +35,8 @@ class RenderJob:
     shot_type: str = "single"
     first_frame: Image.Image | None = None  # RGB, any size; the engine fits it to width x height
     last_frame: Image.Image | None = None
+    first_clip: bytes | None = None  # wan2.7 continuation: an mp4/mov the output starts with (checked)
+    first_clip_seconds: float = 0.0
     extra: dict = field(default_factory=dict)
 
 

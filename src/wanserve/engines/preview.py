@@ -27,13 +27,14 @@ import shutil
 import subprocess
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from wanserve.engines.base import Progress, RenderJob
+from wanserve.media.clip import clip_frames
 
 FrameFn = Callable[[int], np.ndarray]
 
@@ -58,16 +59,44 @@ class PreviewEngine:
         (total, total) before the last frame is yielded; whatever it raises (TaskCanceled,
         LeaseLost) propagates and ends the generator.
         """
-        _check_job(job)
         total = job.frame_count
+        if job.first_clip is not None:
+            yield from _continuation(job, progress)
+            return
+        _check_job(job)
         make = _plan(job)
         progress(0, total)
         for i in range(total):
             frame = make(i)
-            done = i + 1
-            if done % PROGRESS_EVERY == 0 or done == total:
-                progress(done, total)
+            _report(progress, i + 1, total)
             yield frame
+
+
+def _report(progress: Progress, done: int, total: int) -> None:
+    if done % PROGRESS_EVERY == 0 or done == total:
+        progress(done, total)
+
+
+def _continuation(job: RenderJob, progress: Progress) -> Iterator[np.ndarray]:
+    """wan2.7 first_clip: the clip itself (at the output's size and rate), then a camera move from
+    its last frame, or a flow morph to the last frame when one is given, up to the full duration."""
+    total = job.frame_count
+    n_clip = max(1, min(total - 1, round(job.first_clip_seconds * job.fps)))
+    progress(0, total)
+    last = None
+    for i, raw in enumerate(clip_frames(job.first_clip, job.fps, n_clip)):
+        last = fit_image(raw, job.width, job.height)
+        _report(progress, i + 1, total)
+        yield last
+    if last is None:
+        raise ValueError("the first clip has no frames")
+    rest = replace(job, kind="kf2v" if job.last_frame is not None else "i2v", first_frame=Image.fromarray(last),
+                   first_clip=None, frame_count=total - n_clip)
+    make = _plan(rest)
+    for j in range(rest.frame_count):
+        frame = make(j)
+        _report(progress, n_clip + j + 1, total)
+        yield frame
 
 
 def _check_job(job: RenderJob) -> None:

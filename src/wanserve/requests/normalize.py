@@ -284,9 +284,6 @@ def _wan27_media(inp: dict, oss: bool) -> list[MediaInput]:
             f"input.media: the combination {sorted(seen)} is not supported. Use first_frame (+ driving_audio), "
             "first_frame + last_frame (+ driving_audio), or first_clip (+ last_frame)."
         )
-    if "first_clip" in seen:
-        raise ServiceError("InvalidParameter", "input.media: first_clip (video continuation) is not supported "
-                           "by this server yet; send a first_frame instead.")
     return out
 
 

@@ -24,6 +24,7 @@ from ..catalog.models import find_model, image_output_size, parse_size
 from ..engines import EngineSet, RenderJob
 from ..errors import LeaseLost, ServiceError, TaskCanceled
 from ..media.audio import ambient_wav
+from ..media.clip import WAN27_CLIP_LIMITS, ClipInfo, check_clip
 from ..media.fetch import OssResolver, fetch_media
 from ..media.inputs import (
     LEGACY_AUDIO_LIMITS,
@@ -143,25 +144,32 @@ class Worker:
         assert spec is not None
         images: dict[str, Any] = {}
         audio: bytes | None = None
+        clip: bytes | None = None
+        clip_info: ClipInfo | None = None
         image_limits = WAN27_IMAGE_LIMITS if spec.image_limits == "wan27" else LEGACY_IMAGE_LIMITS
         audio_limits = WAN27_AUDIO_LIMITS if spec.kind == "wan27" else LEGACY_AUDIO_LIMITS
+        max_bytes = {"audio": audio_limits.max_bytes, "first_clip": WAN27_CLIP_LIMITS.max_bytes}
         for media in req.media:
-            limit = image_limits.max_bytes if media.role != "audio" else audio_limits.max_bytes
-            data = fetch_media(media.url, field=media.field, max_bytes=limit,
+            data = fetch_media(media.url, field=media.field, max_bytes=max_bytes.get(media.role, image_limits.max_bytes),
                                oss_resolver=self._oss_resolver(task_id) if req.oss_resolve else None,
                                allow_private=self.services.settings.allow_private_media_urls)
             keeper.check()
             if media.role == "audio":
                 check_audio(data, audio_limits, field=media.field)
                 audio = data
+            elif media.role == "first_clip":
+                clip, clip_info = data, check_clip(data, WAN27_CLIP_LIMITS, field=media.field)
+                if clip_info.seconds >= req.duration:
+                    raise ServiceError("InvalidParameter", f"parameters.duration ({req.duration} s) is the length of "
+                                       f"the whole output and must exceed the first_clip ({clip_info.seconds:.1f} s).")
             else:
                 images[media.role] = load_image(data, image_limits, field=media.field)
 
         if req.size is not None:
             width, height = parse_size(req.size)
-        else:
-            first = images["first_frame"]
-            width, height = image_output_size(first.width, first.height, req.resolution)
+        else:  # the first frame's (or, for a continuation, the clip's) aspect ratio at the tier's pixels
+            source = clip_info or images["first_frame"]
+            width, height = image_output_size(source.width, source.height, req.resolution)
         frame_count = req.duration * FPS
         if req.sound == "generate":
             audio = ambient_wav(req.duration, req.seed)
@@ -169,7 +177,8 @@ class Worker:
             kind="t2v" if req.kind == "t2v" else ("kf2v" if "last_frame" in images else "i2v"),
             model=req.model, width=width, height=height, frame_count=frame_count, fps=FPS, seed=req.seed,
             prompt=req.prompt, negative_prompt=req.negative_prompt, template=req.template,
-            shot_type=req.shot_type, first_frame=images.get("first_frame"), last_frame=images.get("last_frame"))
+            shot_type=req.shot_type, first_frame=images.get("first_frame"), last_frame=images.get("last_frame"),
+            first_clip=clip, first_clip_seconds=clip_info.seconds if clip_info else 0.0)
 
         started = time.monotonic()
 
@@ -183,7 +192,7 @@ class Worker:
         engine = self.engines.for_model(req.model)
         encode_mp4(engine.render(job, progress), out, width=width, height=height, fps=FPS,
                    frame_count=frame_count, audio=audio, watermark=req.watermark)
-        return {"usage": _usage(spec.usage, req, width, height),
+        return {"usage": _usage(spec.usage, req, width, height, clip_info.seconds if clip_info else 0.0),
                 "actual_prompt": req.prompt if (spec.returns_actual_prompt and req.prompt_extend) else None,
                 "width": width, "height": height, "engine": engine.name}
 
@@ -206,13 +215,16 @@ class Worker:
         return resolve
 
 
-def _usage(family: str, req: GenerationRequest, width: int, height: int) -> dict[str, Any]:
+def _usage(family: str, req: GenerationRequest, width: int, height: int, clip_seconds: float) -> dict[str, Any]:
+    """Billing keys per model family (contract 5.2). A continuation bills the whole output; its input
+    clip's length is reported as input_video_duration."""
     tier = int(req.resolution.rstrip("P"))
     if family == "legacy_size":
         return {"video_count": 1, "video_duration": req.duration, "video_ratio": f"{width}*{height}"}
     if family == "legacy_standard":
         return {"video_count": 1, "video_duration": req.duration, "video_ratio": "standard"}
-    usage = {"duration": req.duration, "input_video_duration": 0, "output_video_duration": req.duration,
+    clip = round(clip_seconds, 2) if clip_seconds else 0
+    usage = {"duration": req.duration, "input_video_duration": clip, "output_video_duration": req.duration - clip,
              "video_count": 1, "SR": tier}
     if family == "v26":
         usage["size"] = f"{width}*{height}"
