@@ -87,7 +87,7 @@ def make_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
         services = Services.open(settings)
         _, key = create_key(services.db, "default")
         stop = threading.Event()
-        run_workers(services, EngineSet(), workers, stop)
+        run_workers(services, EngineSet(settings.models), workers, stop)
         port = free_port()
         server = uvicorn.Server(uvicorn.Config(create_app(services, bootstrap_key=bootstrap_key), host="127.0.0.1",
                                                port=port, log_level="warning"))

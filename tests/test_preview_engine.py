@@ -11,8 +11,9 @@ from PIL import Image
 
 from wanserve.engines import preview
 from wanserve.engines.base import RenderJob
-from wanserve.engines.preview import FlowMorph, PreviewEngine, fit_image, flow_interpolate, parse_shots
+from wanserve.engines.preview import PreviewEngine, parse_shots
 from wanserve.errors import TaskCanceled
+from wanserve.media.frames import FlowMorph, fit_image, flow_interpolate
 
 W, H = 256, 144
 

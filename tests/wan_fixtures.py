@@ -13,6 +13,7 @@ Layouts (each saved with the pipeline's own `save_pretrained`):
   t2v      WanPipeline: one transformer (Wan2.1 T2V style)
   i2v_moe  WanImageToVideoPipeline: transformer + transformer_2 + boundary_ratio, no image encoder
            (Wan2.2 I2V-A14B style: two experts)
+  ti2v     WanPipeline with expand_timesteps and the Wan2.2 VAE (Wan2.2 TI2V-5B style): t2v and i2v
   flf2v    WanImageToVideoPipeline: one transformer with image cross-attention and the first+last
            frame position embedding, CLIP image encoder (Wan2.1 FLF2V-14B style)
 """
@@ -25,6 +26,7 @@ import torch
 
 TEXT_DIM = 32  # UMT5 d_model == transformer text_dim
 Z_DIM = 16  # VAE latent channels (the Wan2.1 VAE's 16, so its published latents mean/std apply)
+TI2V_Z_DIM = 48  # the Wan2.2 VAE's latent channels
 CLIP_DIM = 16
 CLIP_TOKENS = (32 // 8) ** 2 + 1  # image_size 32, patch 8: 16 patches + the class token
 
@@ -53,7 +55,8 @@ def build_tokenizer():
     tok.normalizer = normalizers.NFKC()
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
-    trainer = trainers.UnigramTrainer(vocab_size=400, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>")
+    trainer = trainers.UnigramTrainer(vocab_size=400, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>",
+                                       show_progress=False)
     tok.train_from_iterator(CORPUS * 4, trainer=trainer)
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
                                                        special_tokens=[("</s>", tok.token_to_id("</s>"))])
@@ -78,14 +81,26 @@ def tiny_vae():
                             temperal_downsample=[False, True, True]).eval()
 
 
+def tiny_ti2v_vae():
+    """The Wan2.2 VAE's structure (TI2V-5B): 2x2 patchified input, 16x spatial / 4x temporal, residual
+    up/down-sampling, 48 latent channels; 4 channels per stage."""
+    from diffusers import AutoencoderKLWan
+
+    return AutoencoderKLWan(base_dim=4, decoder_base_dim=4, z_dim=TI2V_Z_DIM, dim_mult=[1, 1, 1, 1],
+                            num_res_blocks=1, temperal_downsample=[False, True, True], is_residual=True,
+                            in_channels=12, out_channels=12, patch_size=2, scale_factor_spatial=16,
+                            scale_factor_temporal=4, latents_mean=[0.0] * TI2V_Z_DIM,
+                            latents_std=[1.0] * TI2V_Z_DIM).eval()
+
+
 def tiny_transformer(in_channels: int = Z_DIM, *, image_dim: int | None = None,
-                     pos_embed_seq_len: int | None = None):
+                     pos_embed_seq_len: int | None = None, layers: int = 1, out_channels: int = Z_DIM):
     from diffusers import WanTransformer3DModel
 
     heads, head_dim = 2, 12
     return WanTransformer3DModel(
         patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=head_dim, in_channels=in_channels,
-        out_channels=Z_DIM, text_dim=TEXT_DIM, freq_dim=32, ffn_dim=32, num_layers=1, cross_attn_norm=True,
+        out_channels=out_channels, text_dim=TEXT_DIM, freq_dim=32, ffn_dim=32, num_layers=layers, cross_attn_norm=True,
         qk_norm="rms_norm_across_heads", image_dim=image_dim,
         added_kv_proj_dim=heads * head_dim if image_dim else None, pos_embed_seq_len=pos_embed_seq_len,
         rope_max_seq_len=1024,
@@ -116,11 +131,23 @@ def _common(seed: int) -> dict:
             "scheduler": scheduler()}
 
 
-def build_t2v(path: Path, seed: int = 0) -> Path:
+def build_t2v(path: Path, seed: int = 0, layers: int = 1) -> Path:
     from diffusers import WanPipeline
 
     parts = _common(seed)
-    WanPipeline(**parts, transformer=tiny_transformer()).save_pretrained(path)
+    WanPipeline(**parts, transformer=tiny_transformer(layers=layers)).save_pretrained(path)
+    return path
+
+
+def build_ti2v(path: Path, seed: int = 4) -> Path:
+    """Wan2.2 TI2V-5B style: one WanPipeline checkpoint with expand_timesteps (per-token timesteps),
+    the Wan2.2 VAE, no image encoder; it does text-to-video and first-frame image-to-video."""
+    from diffusers import WanPipeline
+
+    parts = _common(seed)
+    parts["vae"] = tiny_ti2v_vae()
+    transformer = tiny_transformer(TI2V_Z_DIM, out_channels=TI2V_Z_DIM)
+    WanPipeline(**parts, transformer=transformer, expand_timesteps=True).save_pretrained(path)
     return path
 
 

@@ -28,11 +28,22 @@ def _logging() -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+def _engines(settings: Settings, services: Any) -> Any:
+    """Load every configured engine now, so a bad checkpoint stops the start, not the first task."""
+    from .engines import EngineSet
+
+    try:
+        return EngineSet(settings.models)
+    except ValueError as exc:  # EngineConfigError names the model and the path
+        print(f"wanserve: cannot start: {exc}", file=sys.stderr, flush=True)
+        services.close()
+        return None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .api.app import create_app
-    from .engines import EngineSet
     from .services import Services
     from .tasks.sweeper import run_sweeper
     from .worker.runner import run_workers
@@ -41,7 +52,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args, host=args.host, port=args.port, workers=args.workers,
                          lease_seconds=args.lease_seconds)
     services = Services.open(settings)
-    engines = EngineSet(settings.models)
+    engines = _engines(settings, services)
+    if engines is None:
+        return 2
     stop = threading.Event()
     run_workers(services, engines, settings.workers, stop)
     threading.Thread(target=run_sweeper, args=(services, stop), daemon=True, name="sweeper").start()
@@ -63,17 +76,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from .engines import EngineSet
     from .services import Services
     from .worker.runner import run_workers
 
     _logging()
     settings = _settings(args, workers=args.workers, lease_seconds=args.lease_seconds)
     services = Services.open(settings)
+    engines = _engines(settings, services)
+    if engines is None:
+        return 2
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    threads = run_workers(services, EngineSet(settings.models), settings.workers, stop)
+    threads = run_workers(services, engines, settings.workers, stop)
     print(f"wanserve: {settings.workers} worker(s) on {settings.db_url}", flush=True)
     while any(t.is_alive() for t in threads):
         for t in threads:
