@@ -199,6 +199,28 @@ def probe_video(data: bytes) -> Probe:
                      audio_seconds)
 
 
+def wait_until_serving(api: str, headers: dict[str, str], proc: Any, timeout: float = 60) -> None:
+    """Wait for a `wanserve serve` subprocess to answer on `api`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            httpx.get(f"{api}/tasks", headers=headers)
+            return
+        except httpx.TransportError:
+            assert time.monotonic() < deadline and proc.poll() is None, "server did not start"
+            time.sleep(0.2)
+
+
+def poll_task(api: str, headers: dict[str, str], task_id: str, timeout: float) -> dict[str, Any]:
+    """GET /tasks/{id} until it leaves PENDING/RUNNING; returns its output."""
+    deadline = time.monotonic() + timeout
+    while (out := httpx.get(f"{api}/tasks/{task_id}", headers=headers).json()["output"])["task_status"] in (
+            "PENDING", "RUNNING"):
+        assert time.monotonic() < deadline, out
+        time.sleep(0.3)
+    return out
+
+
 def download(url: str) -> bytes:
     r = httpx.get(url, timeout=60)
     assert r.status_code == 200, r.text

@@ -5,14 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
 
 from wanserve.catalog.models import MODELS
 
-from .conftest import ASYNC, free_port
+from .conftest import ASYNC, free_port, poll_task, wait_until_serving
 
 
 def wanserve(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -51,22 +50,11 @@ def test_serve_starts_a_working_server_with_embedded_defaults(tmp_path):
     try:
         api = f"http://127.0.0.1:{port}/api/v1"
         headers = {"Authorization": "Bearer sk-readme"}
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(f"{api}/tasks", headers=headers)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline and proc.poll() is None, "server did not start"
-                time.sleep(0.2)
+        wait_until_serving(api, headers, proc)
         r = httpx.post(f"{api}/services/aigc/video-generation/video-synthesis", headers={**headers, **ASYNC},
                        json={"model": "wanx2.1-t2v-turbo", "input": {"prompt": "hello"},
                              "parameters": {"size": "832*480"}})
-        tid = r.json()["output"]["task_id"]
-        while (out := httpx.get(f"{api}/tasks/{tid}", headers=headers).json()["output"])["task_status"] in (
-                "PENDING", "RUNNING"):
-            assert time.monotonic() < deadline + 60
-            time.sleep(0.3)
+        out = poll_task(api, headers, r.json()["output"]["task_id"], timeout=60)
         assert out["task_status"] == "SUCCEEDED"
         assert httpx.get(out["video_url"]).status_code == 200
     finally:

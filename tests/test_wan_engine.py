@@ -42,7 +42,16 @@ from wanserve.services import Services
 from wanserve.worker.runner import run_workers
 
 from . import wan_fixtures
-from .conftest import ASYNC, Server, download, free_port, image_bytes, probe_video
+from .conftest import (
+    ASYNC,
+    Server,
+    download,
+    free_port,
+    image_bytes,
+    poll_task,
+    probe_video,
+    wait_until_serving,
+)
 
 # ==================================================================================================
 # fixtures: tiny checkpoints (built once), engines loaded from them, a server that serves them
@@ -614,23 +623,11 @@ def test_serve_with_a_wan_config_generates_a_480p_t2v_video_at_default_settings(
     api = f"http://127.0.0.1:{port}/api/v1"
     headers = {"Authorization": "Bearer sk-wan-test"}
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                httpx.get(f"{api}/tasks", headers=headers)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline and proc.poll() is None, "server did not start"
-                time.sleep(0.2)
+        wait_until_serving(api, headers, proc, timeout=120)
         r = httpx.post(f"{api}/services/aigc/video-generation/video-synthesis", headers={**headers, **ASYNC},
                        json={"model": "wanx2.1-t2v-turbo", "input": {"prompt": "A lighthouse at dawn"},
                              "parameters": {"size": "832*480", "seed": 3}})
-        tid = r.json()["output"]["task_id"]
-        deadline = time.monotonic() + 400
-        while (out := httpx.get(f"{api}/tasks/{tid}", headers=headers).json()["output"])["task_status"] in (
-                "PENDING", "RUNNING"):
-            assert time.monotonic() < deadline, out
-            time.sleep(0.5)
+        out = poll_task(api, headers, r.json()["output"]["task_id"], timeout=400)
         assert out["task_status"] == "SUCCEEDED", out
         video = probe_video(download(out["video_url"]))
         assert (video.width, video.height, video.fps, video.frames) == (832, 480, 30.0, 150)
