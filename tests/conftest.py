@@ -237,11 +237,11 @@ def _no_proxies() -> Iterator[None]:
         yield
 
 
-def mp3_bytes(seconds: float, freq: float = 330.0) -> bytes:
-    """An MP3 (libmp3lame through PyAV) of a sine tone."""
+def mp3_bytes(seconds: float, freq: float = 330.0, *, id3: bool = True) -> bytes:
+    """An MP3 (libmp3lame through PyAV) of a sine tone, with or without an ID3 tag."""
     rate = 44100
     buf = io.BytesIO()
-    with av.open(buf, "w", format="mp3") as out:
+    with av.open(buf, "w", format="mp3", options={} if id3 else {"id3v2_version": "0"}) as out:
         stream = out.add_stream("libmp3lame", rate=rate)
         stream.layout = "mono"
         t = np.arange(int(seconds * rate)) / rate

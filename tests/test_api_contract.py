@@ -238,3 +238,27 @@ def test_video_url_with_non_ascii_signature_or_expiry_is_403(make_server):
     for query in ("Expires=9999999999&Signature=é", "Expires=²&Signature=abc"):
         r = httpx.get(f"{server.base}/files/results/t.mp4?{query}")
         assert_error(r, 403, "AccessDenied")
+
+
+def test_tasks_past_their_lifetime_are_unknown_and_left_out_of_lists_before_any_sweep(make_server):
+    from datetime import datetime, timedelta, timezone
+
+    from sqlalchemy import update
+
+    from wanserve.tasks.db import now_ms
+
+    server = make_server(workers=0)
+    old, running = (server.create(T2V).json()["output"]["task_id"] for _ in range(2))
+    day_ago = now_ms() - 25 * 3600 * 1000
+    with server.services.db.begin() as conn:
+        conn.execute(update(tasks).values(submit_ms=day_ago))
+        conn.execute(update(tasks).where(tasks.c.id == old).values(status="CANCELED", end_ms=day_ago))
+        conn.execute(update(tasks).where(tasks.c.id == running).values(status="RUNNING"))
+    zone = timezone(timedelta(hours=8))
+    window = {"start_time": datetime.fromtimestamp(day_ago / 1000 - 3600, zone).strftime("%Y%m%d%H%M%S"),
+              "end_time": datetime.fromtimestamp(day_ago / 1000 + 3600, zone).strftime("%Y%m%d%H%M%S")}
+    with server.client() as c:
+        body = c.get("/tasks", params=window).json()
+    assert body["total"] == 1 and [d["task_id"] for d in body["data"]] == [running]
+    assert server.task(old)["output"] == {"task_id": old, "task_status": "UNKNOWN"}
+    assert server.task(running)["output"]["task_status"] == "RUNNING"

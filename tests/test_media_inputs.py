@@ -26,6 +26,8 @@ from wanserve.media.inputs import (
     sniff_audio_format,
 )
 
+from .conftest import mp3_bytes
+
 # ----------------------------------------------------------------------------------------------- image builders
 
 
@@ -263,26 +265,9 @@ def mp3_codec() -> str | None:
 
 
 def mp3_sine(seconds: float, *, id3: bool = True) -> bytes:
-    codec = mp3_codec()
-    if codec is None:
-        pytest.skip("PyAV has no MP3 encoder")
-    rate = 44100
-    buf = io.BytesIO()
-    options = {} if id3 else {"id3v2_version": "0"}
-    with av.open(buf, "w", format="mp3", options=options) as out:
-        stream = out.add_stream(codec, rate=rate, layout="mono")
-        n = int(seconds * rate)
-        signal = (np.sin(2 * math.pi * 440 * np.arange(n) / rate) * 0.3).astype(np.float32)
-        for start in range(0, n, 1152):
-            frame = av.AudioFrame.from_ndarray(
-                signal[None, start : start + 1152], format="fltp", layout="mono"
-            )
-            frame.rate = rate
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
-    return buf.getvalue()
+    if mp3_codec() != "libmp3lame":
+        pytest.skip("PyAV has no libmp3lame encoder")
+    return mp3_bytes(seconds, 440.0, id3=id3)
 
 
 def audio_refused(data: bytes, limits: AudioLimits = LEGACY_AUDIO_LIMITS) -> ServiceError:

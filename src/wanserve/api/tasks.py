@@ -18,7 +18,7 @@ from ..tasks.store import STATUSES, UNKNOWN
 from .auth import require_caller
 from .errors import request_id
 from .schemas import CreateResponse, ListResponse, RequestIdOnly, TaskResponse, errors
-from .views import display_zone, is_expired, list_item, task_body, unknown_output
+from .views import display_zone, list_item, task_body, unknown_output
 
 router = APIRouter()
 CallerDep = Annotated[Caller, Depends(require_caller)]
@@ -34,6 +34,11 @@ CREATE_DOC: dict[str, Any] = {
 
 def _services(request: Request) -> Services:
     return request.app.state.services
+
+
+def _alive_since(services: Services) -> int:
+    """Tasks that ended before this are past their 24 h lifetime and answer UNKNOWN."""
+    return now_ms() - services.settings.task_ttl_seconds * 1000
 
 
 def public_base(request: Request) -> str:
@@ -90,8 +95,8 @@ async def create_image2video(request: Request, caller: CallerDep, x_dashscope_as
             responses=errors(401))
 def get_task(task_id: str, request: Request, caller: CallerDep) -> dict[str, Any]:
     services = _services(request)
-    task = services.store.get(task_id, caller.account_id)
-    if task is None or is_expired(task, services.settings, now_ms()):
+    task = services.store.get(task_id, caller.account_id, alive_since_ms=_alive_since(services))
+    if task is None:
         return {"request_id": request_id(request), "output": unknown_output(task_id)}
     body = task_body(task, settings=services.settings, storage=services.storage, base_url=public_base(request))
     return {"request_id": request_id(request), **body}
@@ -129,10 +134,11 @@ def list_tasks(request: Request, caller: CallerDep,
     if status and status.upper() not in (*STATUSES, UNKNOWN):
         raise invalid_parameter(f"status must be one of {', '.join((*STATUSES, UNKNOWN))}; got {status!r}.")
     services = _services(request)
-    total, rows = services.store.list(caller.account_id, start_ms=start, end_ms=end, model=model_name,
+    total, rows = services.store.list(caller.account_id, start_ms=start, end_ms=end,
+                                      alive_since_ms=_alive_since(services), model=model_name,
                                       status=status.upper() if status else None, task_id=task_id,
                                       page_no=page_no, page_size=page_size)
-    data = [list_item(r) for r in rows if not is_expired(r, services.settings, now_ms())]
+    data = [list_item(r) for r in rows]
     return {"request_id": request_id(request), "total": total, "total_page": -(-total // page_size),
             "page_no": page_no, "page_size": page_size, "data": data, "tasks": data}
 

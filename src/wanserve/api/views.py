@@ -20,13 +20,6 @@ def format_time(ms: int | None, zone: timezone) -> str | None:
     return datetime.fromtimestamp(ms / 1000, zone).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
 
-def is_expired(task: dict[str, Any], settings: Settings, now_ms: int) -> bool:
-    """Past its 24 h lifetime (counted from end, or from submission if it never ended): answer UNKNOWN
-    even before the sweeper has removed it, so expiry never depends on the sweeper's timing."""
-    age_from = task["end_ms"] or task["submit_ms"]
-    return task["status"] != RUNNING and now_ms - age_from > settings.task_ttl_seconds * 1000
-
-
 def unknown_output(task_id: str) -> dict[str, Any]:
     return {"task_id": task_id, "task_status": UNKNOWN}
 

@@ -52,18 +52,24 @@ class TaskStore:
             conn.execute(tasks.insert().values(**row))
         return row
 
-    def get(self, task_id: str, account_id: str | None = None) -> dict[str, Any] | None:
+    def get(self, task_id: str, account_id: str | None = None, *,
+            alive_since_ms: int | None = None) -> dict[str, Any] | None:
+        """The task, or None; with `alive_since_ms`, also None for a task past its lifetime (so expiry
+        never depends on when the sweeper last ran)."""
         query = select(tasks).where(tasks.c.id == task_id)
         if account_id is not None:
             query = query.where(tasks.c.account_id == account_id)
+        if alive_since_ms is not None:
+            query = query.where(_alive(alive_since_ms))
         with self.engine.begin() as conn:
             row = conn.execute(query).mappings().first()
         return dict(row) if row else None
 
-    def list(self, account_id: str, *, start_ms: int, end_ms: int, model: str | None = None,
+    def list(self, account_id: str, *, start_ms: int, end_ms: int, alive_since_ms: int, model: str | None = None,
              status: str | None = None, task_id: str | None = None, page_no: int = 1,
              page_size: int = 10) -> tuple[int, list[dict[str, Any]]]:
-        cond = [tasks.c.account_id == account_id, tasks.c.submit_ms >= start_ms, tasks.c.submit_ms <= end_ms]
+        cond = [tasks.c.account_id == account_id, tasks.c.submit_ms >= start_ms, tasks.c.submit_ms <= end_ms,
+                _alive(alive_since_ms)]
         if model:
             cond.append(tasks.c.model == model)
         if status:
@@ -147,7 +153,10 @@ class TaskStore:
     def expire(self, older_than_ms: int) -> list[str]:
         """Delete tasks that ended (or, never run, were submitted) before the cut-off; returns their
         ids so the caller removes their files. Running tasks are left to finish."""
-        age = func.coalesce(tasks.c.end_ms, tasks.c.submit_ms)
-        cond = and_(age < older_than_ms, tasks.c.status != RUNNING)
         with self.engine.begin() as conn:
-            return list(conn.execute(delete(tasks).where(cond).returning(tasks.c.id)).scalars())
+            return list(conn.execute(delete(tasks).where(~_alive(older_than_ms)).returning(tasks.c.id)).scalars())
+
+
+def _alive(since_ms: int):
+    """Within its lifetime: running, or ended (or, never run, submitted) at or after `since_ms`."""
+    return or_(tasks.c.status == RUNNING, func.coalesce(tasks.c.end_ms, tasks.c.submit_ms) >= since_ms)
