@@ -642,7 +642,7 @@ def test_field_name_starts_the_message():
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("1", True), ("true", True), ("YES", True), ("0", False), ("", False), ("no", False)],
+    [("1", True), ("true", True), ("YES", True), ("on", True), ("0", False), ("", False), ("no", False)],
 )
 def test_private_urls_allowed_from_env(monkeypatch, value, expected):
     monkeypatch.setenv("WANSERVE_ALLOW_PRIVATE_MEDIA_URLS", value)

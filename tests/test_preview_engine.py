@@ -113,9 +113,10 @@ def test_fit_image_scales_to_cover_and_centre_crops():
     assert out.mean() > 250  # only the middle third is left
 
 
-def test_kf2v_starts_on_the_first_image_and_ends_on_the_last():
+@pytest.mark.parametrize(("kind", "n"), [("kf2v", 15), ("i2v", 10)])
+def test_a_first_and_last_frame_job_starts_on_the_first_image_and_ends_on_the_last(kind, n):
     first, last = picture(seed=1), picture(seed=2)
-    frames = render(job("kf2v", first_frame=first, last_frame=last, n=15))
+    frames = render(job(kind, first_frame=first, last_frame=last, n=n))
     assert mad(frames[0], fit_image(first, W, H)) < 1
     assert mad(frames[-1], fit_image(last, W, H)) < 1
 
@@ -134,13 +135,6 @@ def test_kf2v_moves_content_along_the_flow_instead_of_crossfading():
     assert square_at(crossfade, 70) < 160
     # The area the square has left by then is background again in the morph, not half-bright.
     assert mid[54:90, 52:68].mean() < 100 < crossfade[54:90, 52:68].mean()
-
-
-def test_i2v_with_first_and_last_frame_morphs_between_them():
-    first, last = picture(seed=1), picture(seed=2)
-    frames = render(job("i2v", first_frame=first, last_frame=last, n=10))
-    assert mad(frames[0], fit_image(first, W, H)) < 1
-    assert mad(frames[-1], fit_image(last, W, H)) < 1
 
 
 def test_flow_morph_reproduces_its_endpoints_exactly_and_is_reusable_for_interpolation():

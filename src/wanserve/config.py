@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from .media.fetch import private_urls_allowed_from_env
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -55,10 +57,6 @@ class Settings:
         return path.read_text().strip().encode()
 
 
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
     values: dict[str, Any] = {}
     if config_file:
@@ -69,7 +67,7 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         if unknown:
             raise ValueError(f"{config_file}: unknown settings {sorted(unknown)}; known: {sorted(known)}")
         values.update(raw)
-    if _truthy(os.environ.get("WANSERVE_ALLOW_PRIVATE_MEDIA_URLS")):
+    if private_urls_allowed_from_env():
         values["allow_private_media_urls"] = True
     values.update({k: v for k, v in overrides.items() if v is not None})
     if "data_dir" in values:

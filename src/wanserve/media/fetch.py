@@ -68,8 +68,8 @@ _PRIVATE_REFUSED_HINT = (
 
 
 def private_urls_allowed_from_env() -> bool:
-    """True when WANSERVE_ALLOW_PRIVATE_MEDIA_URLS is "1", "true" or "yes" (any case)."""
-    return os.environ.get(ALLOW_PRIVATE_ENV, "").strip().lower() in {"1", "true", "yes"}
+    """True when WANSERVE_ALLOW_PRIVATE_MEDIA_URLS is "1", "true", "yes" or "on" (any case)."""
+    return os.environ.get(ALLOW_PRIVATE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def fetch_media(

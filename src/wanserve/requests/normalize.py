@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from ..catalog.models import NEG_PROMPT_MAX, ModelSpec, find_model, parse_size, size_tier
+from ..catalog.models import NEG_PROMPT_MAX, ModelSpec, find_model, size_tier
 from ..errors import ServiceError, invalid_parameter
 
 SEED_MAX = 2147483647
@@ -63,9 +63,6 @@ class GenerationRequest(BaseModel):
     seed: int
     media: list[MediaInput]
     oss_resolve: bool
-
-    def media_url(self, role: str) -> MediaInput | None:
-        return next((m for m in self.media if m.role == role), None)
 
 
 def _get_str(obj: dict, key: str, where: str) -> str | None:
@@ -294,7 +291,3 @@ def _sound(spec: ModelSpec, params: dict, media: list[MediaInput]) -> Literal["n
         return "none"  # audio=false beats audio_url (contract 2.3)
     return "input" if any(m.role == "audio" for m in media) else "generate"
 
-
-def t2v_size(req: GenerationRequest) -> tuple[int, int]:
-    assert req.size is not None
-    return parse_size(req.size)

@@ -16,7 +16,6 @@ import re
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from ..errors import ServiceError
 
@@ -112,11 +111,3 @@ class LocalStorage:
         except ServiceError:
             pass
 
-
-def safe_basename(name: str) -> str:
-    base = re.sub(r"[^A-Za-z0-9._-]", "_", os.path.basename(name or "file"))[:120].lstrip(".")
-    return base or "file"
-
-
-def quote_key(key: str) -> str:
-    return quote(key, safe="/")
