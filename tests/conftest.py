@@ -80,16 +80,19 @@ class Server:
 def make_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     started: list[tuple[uvicorn.Server, threading.Thread, Server]] = []
 
-    def make(workers: int = 1, bootstrap_key: str = "", **overrides: Any) -> Server:
+    def make(workers: int = 1, bootstrap_key: str | None = "", **overrides: Any) -> Server:
+        """bootstrap_key None: the key in WANSERVE_API_KEY, as `serve` reads it."""
         data = tmp_path_factory.mktemp("data")
         overrides = {"allow_private_media_urls": True, **overrides}  # the media fixtures are on loopback
+        if bootstrap_key is not None:
+            overrides["api_key"] = bootstrap_key
         settings = Settings(data_dir=data, workers=workers, poll_seconds=0.05, **overrides)
         services = Services.open(settings)
         _, key = create_key(services.db, "default")
         stop = threading.Event()
         run_workers(services, EngineSet(settings.models), workers, stop)
         port = free_port()
-        server = uvicorn.Server(uvicorn.Config(create_app(services, bootstrap_key=bootstrap_key), host="127.0.0.1",
+        server = uvicorn.Server(uvicorn.Config(create_app(services), host="127.0.0.1",
                                                port=port, log_level="warning"))
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()

@@ -16,7 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from wanserve.errors import ServiceError
+from wanserve.api.dashscope.errors import http_status
+from wanserve.errors import Code, ServiceError
 from wanserve.media import fetch as fetch_module
 from wanserve.media.fetch import address_is_forbidden, fetch_media, private_urls_allowed_from_env
 
@@ -110,7 +111,7 @@ def get(url: str, *, max_bytes: int = MB, allow_private: bool = True, **kwargs) 
 def refused(url: str, **kwargs) -> ServiceError:
     with pytest.raises(ServiceError) as info:
         get(url, **kwargs)
-    assert info.value.status == 400
+    assert http_status(info.value.code) == 400
     assert info.value.message.startswith("img_url: ") or info.value.message.startswith("media[0].url: ")
     return info.value
 
@@ -596,7 +597,7 @@ def test_oss_file_over_the_limit_is_refused(tmp_path):
 
 def test_oss_resolver_errors_propagate():
     def resolver(key: str) -> Path:
-        raise ServiceError("InvalidParameter", f"img_url: oss://{key} is not a known upload.")
+        raise ServiceError(Code.INVALID_PARAMETER, f"img_url: oss://{key} is not a known upload.")
 
     with pytest.raises(ServiceError, match="not a known upload"):
         fetch_media("oss://nope/x", field="img_url", max_bytes=MB, oss_resolver=resolver)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
+from wanserve.api.dashscope.errors import http_status
 from wanserve.errors import ServiceError
 from wanserve.media.audio import wav_bytes
 from wanserve.media.inputs import (
@@ -64,7 +65,7 @@ def load(data: bytes, limits: ImageLimits = LEGACY_IMAGE_LIMITS) -> Image.Image:
 def refused(data: bytes, limits: ImageLimits = LEGACY_IMAGE_LIMITS) -> ServiceError:
     with pytest.raises(ServiceError) as info:
         load(data, limits)
-    assert info.value.status == 400
+    assert http_status(info.value.code) == 400
     assert info.value.message.startswith("img_url: ")
     return info.value
 
@@ -273,7 +274,7 @@ def mp3_sine(seconds: float, *, id3: bool = True) -> bytes:
 def audio_refused(data: bytes, limits: AudioLimits = LEGACY_AUDIO_LIMITS) -> ServiceError:
     with pytest.raises(ServiceError) as info:
         check_audio(data, limits, field="audio_url")
-    assert info.value.status == 400
+    assert http_status(info.value.code) == 400
     assert info.value.message.startswith("audio_url: ")
     return info.value
 

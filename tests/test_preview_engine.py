@@ -11,7 +11,8 @@ from PIL import Image
 
 from wanserve.engines import preview
 from wanserve.engines.base import RenderJob
-from wanserve.engines.preview import PreviewEngine, parse_shots
+from wanserve.engines.preview import PreviewEngine
+from wanserve.generation.shots import parse_shots
 from wanserve.errors import TaskCanceled
 from wanserve.media.frames import FlowMorph, fit_image, flow_interpolate
 

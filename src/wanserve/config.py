@@ -35,6 +35,7 @@ class Settings:
     utc_offset_hours: float = 8.0  # task times are shown in this zone, as the hosted service (UTC+8) does
     allow_private_media_urls: bool = False
     models: dict[str, dict[str, Any]] = field(default_factory=dict)  # [models."name"] tables
+    api_key: str = field(default_factory=lambda: os.environ.get("WANSERVE_API_KEY", ""))  # a bootstrap key
 
     @property
     def db_url(self) -> str:

@@ -1,24 +1,90 @@
-"""One error type for the whole service.
+"""One catalogue of error codes, and one error type for the whole service.
 
-A `ServiceError` carries a DashScope error `code` and a `message` that tells the user what to
-change. The API turns it into the contract's error body (`request_id`, `code`, `message`) with
-`status`; the worker turns it into a FAILED task with the same `code` and `message`. Raising it is
-the only way any layer reports a problem the user can fix.
+A `ServiceError` carries a `Code` from the catalogue below and a `message` that tells the user what
+to change. It knows nothing of HTTP: the API layer maps each code to a status (its one mapping
+point, `api/dashscope/errors.py`), and the worker stores the same code and message on a FAILED
+task. Build errors with the factories below so a code is never spelled twice.
 """
 
 from __future__ import annotations
 
+from enum import StrEnum
+
+
+class Code(StrEnum):
+    """Every error code wanserve answers or stores (the hosted service's codes, contract section 6)."""
+
+    INVALID_PARAMETER = "InvalidParameter"
+    DATA_INSPECTION = "InvalidParameter.DataInspection"
+    EMPTY_MODEL = "BadRequest.EmptyModel"
+    EMPTY_INPUT = "BadRequest.EmptyInput"
+    ILLEGAL_INPUT = "BadRequest.IllegalInput"
+    INVALID_URL = "InvalidURL"
+    URL_CONNECTION_REFUSED = "InvalidURL.ConnectionRefused"
+    URL_TIMEOUT = "InvalidURL.Timeout"
+    FILE_FORMAT = "InvalidFile.Format"
+    FILE_SIZE = "InvalidFile.Size"
+    FILE_RESOLUTION = "InvalidFile.Resolution"
+    FILE_DURATION = "InvalidFile.Duration"
+    IMAGE_FORMAT = "InvalidImage.FileFormat"
+    IMAGE_RESOLUTION = "InvalidImageResolution"
+    INVALID_API_KEY = "InvalidApiKey"
+    ACCESS_DENIED = "AccessDenied"
+    NOT_FOUND = "NotFound"
+    FILE_EXISTS = "FileAlreadyExists"
+    ENTITY_TOO_LARGE = "EntityTooLarge"
+    UNSUPPORTED_OPERATION = "UnsupportedOperation"
+    INTERNAL = "InternalError"
+    INTERNAL_ALGO = "InternalError.Algo"
+
 
 class ServiceError(Exception):
-    def __init__(self, code: str, message: str, status: int = 400) -> None:
+    """A problem the user can fix (or, for InternalError*, one they can only retry)."""
+
+    def __init__(self, code: Code, message: str) -> None:
         super().__init__(f"{code}: {message}")
-        self.code = code
+        self.code = Code(code)
         self.message = message
-        self.status = status
+
+
+# -- factories, one per family ----------------------------------------------------------------
 
 
 def invalid_parameter(message: str) -> ServiceError:
-    return ServiceError("InvalidParameter", message, 400)
+    return ServiceError(Code.INVALID_PARAMETER, message)
+
+
+def bad_request(code: Code, message: str) -> ServiceError:
+    """The body itself is unusable (BadRequest.*, InvalidURL, DataInspection): refused at create."""
+    return ServiceError(code, message)
+
+
+def invalid_file(code: Code, message: str) -> ServiceError:
+    """A media input downloaded fine but is not usable (InvalidFile.*, InvalidImage*)."""
+    return ServiceError(code, message)
+
+
+def access_denied(message: str) -> ServiceError:
+    return ServiceError(Code.ACCESS_DENIED, message)
+
+
+def not_found(message: str) -> ServiceError:
+    return ServiceError(Code.NOT_FOUND, message)
+
+
+def internal(message: str) -> ServiceError:
+    return ServiceError(Code.INTERNAL, message)
+
+
+def algo_failure(detail: str) -> ServiceError:
+    """The model itself failed on a task (InternalError.Algo)."""
+    return ServiceError(Code.INTERNAL_ALGO, f"inference internal error: {detail}")
+
+
+def out_of_memory(where: str = "memory", what: str = "") -> ServiceError:
+    """The one message for a task that ran out of (GPU) memory, whichever layer noticed."""
+    return algo_failure(f"out of {where}{' ' + what if what else ''}. Try a lower resolution or a shorter "
+                        "duration.")
 
 
 class TaskCanceled(Exception):

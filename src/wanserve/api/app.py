@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import os
-
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from ..services import Services
-from . import files, tasks, uploads
-from .errors import install_error_handlers
-from .schemas import CreateBody
+from .dashscope import files, tasks, uploads
+from .dashscope.errors import install_error_handlers
+from .dashscope.schemas import CreateBody
 
 
-def create_app(services: Services, *, bootstrap_key: str | None = None) -> FastAPI:
+def create_app(services: Services) -> FastAPI:
     app = FastAPI(title="wanserve", summary="Self-hosted, DashScope-compatible Wan video synthesis",
                   version="0.1.0")
     app.state.services = services
-    app.state.bootstrap_key = bootstrap_key if bootstrap_key is not None else os.environ.get("WANSERVE_API_KEY")
     install_error_handlers(app)
     app.include_router(tasks.router, prefix="/api/v1")
     app.include_router(uploads.router, prefix="/api/v1")

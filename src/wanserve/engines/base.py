@@ -21,6 +21,16 @@ TaskKind = Literal["t2v", "i2v", "kf2v"]
 
 
 @dataclass(frozen=True)
+class Shot:
+    """One shot of the plan: its number as the prompt wrote it, its time span, and its text."""
+
+    number: int
+    start: float  # seconds
+    end: float
+    text: str
+
+
+@dataclass(frozen=True)
 class RenderJob:
     kind: TaskKind
     model: str
@@ -33,6 +43,7 @@ class RenderJob:
     negative_prompt: str = ""
     template: str | None = None
     shot_type: str = "single"
+    shots: tuple[Shot, ...] = ()  # the pipeline's shot plan (generation.shots); empty: one shot of the prompt
     first_frame: Image.Image | None = None  # RGB, any size; the engine fits it to width x height
     last_frame: Image.Image | None = None
     first_clip: bytes | None = None  # wan2.7 continuation: an mp4/mov the output starts with (checked)

@@ -52,7 +52,7 @@ import torch
 from PIL import Image
 
 from ..catalog.models import ModelSpec, find_model
-from ..errors import ServiceError
+from ..errors import Code, ServiceError
 from ..media.frames import FlowMorph, fit_image
 from . import EngineConfigError  # raised at start, never at a task
 from .base import Progress, RenderJob
@@ -632,20 +632,20 @@ class WanEngine:
     def plan(self, job: RenderJob) -> RenderPlan:
         kinds = self.loaded.capabilities.kinds
         if job.kind not in kinds:
-            raise ServiceError("InvalidParameter", f"{self.cfg.model} is served by a "
+            raise ServiceError(Code.INVALID_PARAMETER, f"{self.cfg.model} is served by a "
                                f"{self.loaded.capabilities.description} checkpoint, which cannot do this "
-                               f"{job.kind} task.", 400)
+                               f"{job.kind} task.")
         if job.kind in ("i2v", "kf2v") and job.first_frame is None:
-            raise ServiceError("InvalidParameter", f"a {job.kind} task needs a first frame.", 400)
+            raise ServiceError(Code.INVALID_PARAMETER, f"a {job.kind} task needs a first frame.")
         if job.kind == "kf2v" and job.last_frame is None:
-            raise ServiceError("InvalidParameter", "a first-and-last-frame task needs a last frame.", 400)
+            raise ServiceError(Code.INVALID_PARAMETER, "a first-and-last-frame task needs a last frame.")
         template = None
         if job.template:
             template = self.cfg.templates.get(job.template)
             if template is None:
                 configured = ", ".join(self.cfg.templates) or "none"
-                raise ServiceError("InvalidParameter", f"input.template: template {job.template!r} is not set up on "
-                                   f"this server for {self.cfg.model} (configured: {configured}).", 400)
+                raise ServiceError(Code.INVALID_PARAMETER, f"input.template: template {job.template!r} is not set up on "
+                                   f"this server for {self.cfg.model} (configured: {configured}).")
         width, height = generation_size(job.width, job.height, self.loaded.size_multiple)
         seconds = job.frame_count / job.fps
         image = last = None
@@ -717,7 +717,7 @@ class WanEngine:
             last = fit_image(raw, job.width, job.height)
             yield last
         if last is None:
-            raise ServiceError("InvalidFile.Format", "input.media first_clip: the video has no decodable frames.", 400)
+            raise ServiceError(Code.FILE_FORMAT, "input.media first_clip: the video has no decodable frames.")
         # one frame more than the rest, as the generated clip starts on the clip's last frame (dropped)
         rest = replace(job, kind="kf2v" if job.last_frame is not None else "i2v", first_frame=Image.fromarray(last),
                        first_clip=None, first_clip_seconds=0.0, frame_count=total - n_clip + 1)
@@ -759,9 +759,9 @@ class WanEngine:
         if out_of_memory:  # outside the except block: the exception (and the tensors its frames hold) is gone
             free_memory(loaded.device)
             where = "GPU memory" if loaded.device.type == "cuda" else "memory"
-            raise ServiceError("InternalError.Algo", f"inference internal error: out of {where} generating "
+            raise ServiceError(Code.INTERNAL_ALGO, f"inference internal error: out of {where} generating "
                                f"{plan.width}x{plan.height}, {plan.num_frames} frames with {self.cfg.model}. Try a "
-                               "lower resolution or a shorter duration.", 500)
+                               "lower resolution or a shorter duration.")
         steps = len(step_times)
         self.last_timings = {"denoise_s": denoised - started, "decode_s": time.monotonic() - denoised,
                              "step_s": (step_times[-1] - step_times[0]) / (steps - 1) if steps > 1 else

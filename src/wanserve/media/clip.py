@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import av
 import numpy as np
 
-from ..errors import ServiceError
+from ..errors import Code, ServiceError
 
 
 @dataclass(frozen=True)
@@ -50,14 +50,14 @@ def sniff_clip_format(data: bytes) -> str | None:
 
 def check_clip(data: bytes, limits: ClipLimits, *, field: str) -> ClipInfo:
     if len(data) > limits.max_bytes:
-        raise ServiceError("InvalidFile.Size", f"{field}: the video is larger than {limits.max_bytes // 2**20} MB; "
+        raise ServiceError(Code.FILE_SIZE, f"{field}: the video is larger than {limits.max_bytes // 2**20} MB; "
                            "send a shorter or more compressed clip.")
     if sniff_clip_format(data) is None:
-        raise ServiceError("InvalidFile.Format", f"{field}: {_FORMAT}")
+        raise ServiceError(Code.FILE_FORMAT, f"{field}: {_FORMAT}")
     try:
         with av.open(io.BytesIO(data)) as container:
             if not container.streams.video:
-                raise ServiceError("InvalidFile.Format", f"{field}: the file has no video track; {_FORMAT}")
+                raise ServiceError(Code.FILE_FORMAT, f"{field}: the file has no video track; {_FORMAT}")
             stream = container.streams.video[0]
             width, height = stream.codec_context.width, stream.codec_context.height
             if stream.duration is not None and stream.time_base is not None:
@@ -67,15 +67,15 @@ def check_clip(data: bytes, limits: ClipLimits, *, field: str) -> ClipInfo:
             else:
                 seconds = sum(1 for _ in container.decode(video=0)) / float(stream.average_rate or 30)
     except av.FFmpegError:
-        raise ServiceError("InvalidFile.Format", f"{field}: the video could not be decoded; {_FORMAT}") from None
+        raise ServiceError(Code.FILE_FORMAT, f"{field}: the video could not be decoded; {_FORMAT}") from None
     if not (limits.min_side <= width <= limits.max_side and limits.min_side <= height <= limits.max_side):
-        raise ServiceError("InvalidFile.Resolution", f"{field}: the video is {width}x{height} px; each side must be "
+        raise ServiceError(Code.FILE_RESOLUTION, f"{field}: the video is {width}x{height} px; each side must be "
                            f"between {limits.min_side} and {limits.max_side} px.")
     if not limits.min_aspect <= width / height <= limits.max_aspect:
-        raise ServiceError("InvalidFile.Resolution", f"{field}: the video's aspect ratio {width}:{height} is outside "
+        raise ServiceError(Code.FILE_RESOLUTION, f"{field}: the video's aspect ratio {width}:{height} is outside "
                            "1:8 to 8:1.")
     if not limits.min_seconds <= seconds <= limits.max_seconds:
-        raise ServiceError("InvalidFile.Duration", f"{field}: the video lasts {seconds:.1f} s; it must last "
+        raise ServiceError(Code.FILE_DURATION, f"{field}: the video lasts {seconds:.1f} s; it must last "
                            f"{limits.min_seconds:g} to {limits.max_seconds:g} s.")
     return ClipInfo(width, height, seconds)
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import httpx
 
-from wanserve.errors import ServiceError
+from wanserve.errors import Code, ServiceError
 
 __all__ = [
     "ALLOW_PRIVATE_ENV",
@@ -90,7 +90,7 @@ def fetch_media(
     """
     if not isinstance(url, str) or not url.strip():
         raise ServiceError(
-            "InvalidParameter", f"{field}: the URL is empty. Send an http(s), data: or oss:// URL."
+            Code.INVALID_PARAMETER, f"{field}: the URL is empty. Send an http(s), data: or oss:// URL."
         )
     url = url.strip()
     lowered = url.lower()
@@ -110,7 +110,7 @@ def fetch_media(
     scheme = url.split(":", 1)[0].lower() if re.match(r"[A-Za-z][A-Za-z0-9+.-]*:", url) else ""
     what = f"{scheme}:// URLs are" if scheme and "://" in url else "local file paths and other forms are"
     raise ServiceError(
-        "InvalidParameter",
+        Code.INVALID_PARAMETER,
         f"{field}: {what} not supported. Send a public http(s) URL, a data:<mime>;base64,<data> URL, "
         "or upload the file and send its oss:// URL.",
     )
@@ -123,17 +123,17 @@ def _decode_data_url(url: str, *, field: str, max_bytes: int) -> bytes:
     header, sep, payload = url[len("data:") :].partition(",")
     if not sep:
         raise ServiceError(
-            "InvalidParameter",
+            Code.INVALID_PARAMETER,
             f"{field}: the data: URL has no ',' before its data. Use the form data:<mime>;base64,<data>.",
         )
     if not header.lower().rstrip().endswith(";base64"):
         raise ServiceError(
-            "InvalidParameter",
+            Code.INVALID_PARAMETER,
             f"{field}: only base64 data: URLs are supported. Use the form data:<mime>;base64,<data>.",
         )
     payload = re.sub(r"\s+", "", payload)
     if not payload:
-        raise ServiceError("InvalidParameter", f"{field}: the data: URL carries no data.")
+        raise ServiceError(Code.INVALID_PARAMETER, f"{field}: the data: URL carries no data.")
     # Size cap from the encoded length, before decoding anything (every 4 base64 characters give 3 bytes).
     padding = len(payload) - len(payload.rstrip("="))
     estimated = len(payload) * 3 // 4 - min(padding, 2)
@@ -146,7 +146,7 @@ def _decode_data_url(url: str, *, field: str, max_bytes: int) -> bytes:
         data = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise ServiceError(
-            "InvalidParameter",
+            Code.INVALID_PARAMETER,
             f"{field}: the data: URL does not contain valid base64 data ({exc}). "
             "Use the form data:<mime>;base64,<data>.",
         ) from None
@@ -161,13 +161,13 @@ def _decode_data_url(url: str, *, field: str, max_bytes: int) -> bytes:
 def _read_oss(key: str, *, field: str, max_bytes: int, oss_resolver: OssResolver | None) -> bytes:
     if oss_resolver is None:
         raise ServiceError(
-            "InvalidParameter",
+            Code.INVALID_PARAMETER,
             f"{field}: oss:// URLs need the request header X-DashScope-OssResourceResolve: enable. "
             "Add the header (the DashScope SDK adds it after uploading a file) or send an http(s) URL.",
         )
     if not key.strip("/"):
         raise ServiceError(
-            "InvalidParameter",
+            Code.INVALID_PARAMETER,
             f"{field}: the oss:// URL has no key. Send the oss:// URL the upload returned.",
         )
     path = Path(oss_resolver(key))
@@ -176,7 +176,7 @@ def _read_oss(key: str, *, field: str, max_bytes: int, oss_resolver: OssResolver
             data = fh.read(max_bytes + 1)
     except OSError:
         raise ServiceError(
-            "InvalidURL",
+            Code.INVALID_URL,
             f"{field}: the uploaded file oss://{key} could not be read (it may have expired). Upload it again.",
         ) from None
     if len(data) > max_bytes:
@@ -240,7 +240,7 @@ def _resolve_checked(host: str, port: int, *, field: str) -> list[IPAddress]:
     for ip in addresses:
         if address_is_forbidden(ip):
             raise ServiceError(
-                "InvalidURL",
+                Code.INVALID_URL,
                 f"{field}: the URL's host {host} resolves to a private or loopback address ({ip}); "
                 + _PRIVATE_REFUSED_HINT,
             )
@@ -278,11 +278,11 @@ def _download(
                 raise _unreachable(field, _host_port(url), _reason(exc)) from None
             except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
                 raise ServiceError(
-                    "InvalidURL", f"{field}: the URL is not valid ({exc}). Check the URL."
+                    Code.INVALID_URL, f"{field}: the URL is not valid ({exc}). Check the URL."
                 ) from None
             except httpx.HTTPError as exc:
                 raise ServiceError(
-                    "InvalidURL",
+                    Code.INVALID_URL,
                     f"{field}: the download from {_host_port(url)} failed ({_reason(exc)}). "
                     "Check that the URL serves the file, or upload the file (oss://).",
                 ) from None
@@ -290,7 +290,7 @@ def _download(
                 return body
             url = next_url
     raise ServiceError(
-        "InvalidURL",
+        Code.INVALID_URL,
         f"{field}: the URL redirected more than {max_redirects} times. Send the final URL of the file.",
     )
 
@@ -332,7 +332,7 @@ def _one_hop(
             location = response.headers.get("location")
             if not location:
                 raise ServiceError(
-                    "InvalidURL",
+                    Code.INVALID_URL,
                     f"{field}: the server answered HTTP {status} (a redirect) without a Location header for "
                     f"{_display(url)}. Send the final URL of the file.",
                 )
@@ -342,14 +342,14 @@ def _one_hop(
                 next_url = None
             if next_url is None or next_url.scheme not in ("http", "https"):
                 raise ServiceError(
-                    "InvalidURL",
+                    Code.INVALID_URL,
                     f"{field}: {_display(url)} redirected to an unsupported location. "
                     "Only http(s) redirects are followed; send the final URL of the file.",
                 )
             return b"", _parse_http_url(str(next_url), field=field)
         if not 200 <= status < 300:
             raise ServiceError(
-                "InvalidURL",
+                Code.INVALID_URL,
                 f"{field}: downloading {_display(url)} failed with HTTP {status}. "
                 "Check that the URL is correct, publicly readable and not expired.",
             )
@@ -394,7 +394,7 @@ def _build_request(
 
 def _parse_http_url(text: str, *, field: str) -> httpx.URL:
     bad = ServiceError(
-        "InvalidURL",
+        Code.INVALID_URL,
         f"{field}: the URL is not valid. Send a complete http(s) URL such as https://example.com/image.png.",
     )
     if any(ch.isspace() or ord(ch) < 0x20 for ch in text):
@@ -427,14 +427,14 @@ def _mb(n_bytes: int) -> str:
 
 def _too_big(field: str, max_bytes: int) -> ServiceError:
     return ServiceError(
-        "InvalidFile.Size",
+        Code.FILE_SIZE,
         f"{field}: the file is larger than {_mb(max_bytes)} MB. Send a file of at most {_mb(max_bytes)} MB.",
     )
 
 
 def _timed_out(field: str, url: httpx.URL, timeout_s: float) -> ServiceError:
     return ServiceError(
-        "InvalidURL.Timeout",
+        Code.URL_TIMEOUT,
         f"{field}: downloading from {_host_port(url)} timed out after {timeout_s:g} s. "
         "Use a faster host or a smaller file, or upload the file (oss://).",
     )
@@ -442,7 +442,7 @@ def _timed_out(field: str, url: httpx.URL, timeout_s: float) -> ServiceError:
 
 def _unreachable(field: str, where: str, reason: str) -> ServiceError:
     return ServiceError(
-        "InvalidURL.ConnectionRefused",
+        Code.URL_CONNECTION_REFUSED,
         f"{field}: connection to {where} failed ({reason}). Check that the URL is correct and publicly reachable.",
     )
 

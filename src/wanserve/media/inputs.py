@@ -25,7 +25,7 @@ import av
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from wanserve.errors import ServiceError
+from wanserve.errors import Code, ServiceError
 
 __all__ = [
     "LEGACY_AUDIO_LIMITS",
@@ -114,19 +114,19 @@ def load_image(data: bytes, limits: ImageLimits, *, field: str) -> Image.Image:
     """
     if len(data) > limits.max_bytes:
         raise ServiceError(
-            "InvalidFile.Size",
+            Code.FILE_SIZE,
             f"{field}: the image is {_mb(len(data))} MB; the limit is {_mb(limits.max_bytes)} MB. "
             "Send a smaller or more compressed image.",
         )
     fmt = sniff_image_format(data)
     if fmt is None:
         raise ServiceError(
-            "InvalidImage.FileFormat",
+            Code.IMAGE_FORMAT,
             f"{field}: the file is {_describe_unsupported_image(data)}; this image format is not supported. "
             f"Allowed formats: {ALLOWED_IMAGE_FORMATS}.",
         )
     corrupt = ServiceError(
-        "InvalidImage.FileFormat",
+        Code.IMAGE_FORMAT,
         f"{field}: the {fmt} image is corrupt or truncated and cannot be decoded. "
         f"Send a complete, valid image (allowed formats: {ALLOWED_IMAGE_FORMATS}).",
     )
@@ -134,7 +134,7 @@ def load_image(data: bytes, limits: ImageLimits, *, field: str) -> Image.Image:
         img = Image.open(io.BytesIO(data), formats=[fmt, "MPO"] if fmt == "JPEG" else [fmt])
     except Image.DecompressionBombError:
         raise ServiceError(
-            "InvalidImageResolution",
+            Code.IMAGE_RESOLUTION,
             f"{field}: the image declares far too many pixels; width and height must each be between "
             f"{limits.min_side} and {limits.max_side} px. Send a smaller image.",
         ) from None
@@ -144,11 +144,11 @@ def load_image(data: bytes, limits: ImageLimits, *, field: str) -> Image.Image:
     width, height = img.size  # from the header; nothing decoded yet
     _check_sides(width, height, limits, field=field)
     if width * height > limits.max_side**2:  # implied by the side check; kept as a guard against bombs
-        raise ServiceError("InvalidImageResolution", f"{field}: the image is {width}x{height} px; too large.")
+        raise ServiceError(Code.IMAGE_RESOLUTION, f"{field}: the image is {width}x{height} px; too large.")
     _check_aspect(*_oriented_size(img), limits, field=field)
     if _has_alpha(img):
         raise ServiceError(
-            "InvalidImage.FileFormat",
+            Code.IMAGE_FORMAT,
             f"{field}: the {fmt} image has an alpha (transparency) channel, which is not supported. "
             "Remove the transparency (flatten the image onto a solid background, e.g. save it as RGB) "
             "and send it again.",
@@ -163,7 +163,7 @@ def load_image(data: bytes, limits: ImageLimits, *, field: str) -> Image.Image:
         raise
     except Image.DecompressionBombError:
         raise ServiceError(
-            "InvalidImageResolution",
+            Code.IMAGE_RESOLUTION,
             f"{field}: the image declares far too many pixels. Send a smaller image.",
         ) from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error):
@@ -179,7 +179,7 @@ def _check_sides(width: int, height: int, limits: ImageLimits, *, field: str) ->
     else:
         advice = "Send a smaller image (scale it down)."
     raise ServiceError(
-        "InvalidImageResolution",
+        Code.IMAGE_RESOLUTION,
         f"{field}: the image is {width}x{height} px; width and height must each be between "
         f"{limits.min_side} and {limits.max_side} px. {advice}",
     )
@@ -214,7 +214,7 @@ def _check_aspect(width: int, height: int, limits: ImageLimits, *, field: str) -
     if limits.max_aspect is not None:
         bounds.append(f"at most {_ratio_text(limits.max_aspect)}")
     raise ServiceError(
-        "InvalidImageResolution",
+        Code.IMAGE_RESOLUTION,
         f"{field}: the image is {width}x{height} px (width:height {_ratio_text(aspect)}); the width:height "
         f"ratio must be {' and '.join(bounds)}. Crop the image to a less extreme shape.",
     )
@@ -267,15 +267,15 @@ def check_audio(data: bytes, limits: AudioLimits, *, field: str) -> float:
     """
     if len(data) > limits.max_bytes:
         raise ServiceError(
-            "InvalidFile.Size",
+            Code.FILE_SIZE,
             f"{field}: File size is larger than {_mb(limits.max_bytes)}MB. The file is {_mb(len(data))} MB; "
             "send a shorter or more compressed audio file.",
         )
     fmt = sniff_audio_format(data)
     if fmt is None:
-        raise ServiceError("InvalidFile.Format", f"{field}: {_AUDIO_FORMAT_MESSAGE}")
+        raise ServiceError(Code.FILE_FORMAT, f"{field}: {_AUDIO_FORMAT_MESSAGE}")
     undecodable = ServiceError(
-        "InvalidFile.Format",
+        Code.FILE_FORMAT,
         f"{field}: the {fmt.upper()} audio could not be decoded (corrupt, truncated or an unsupported "
         "encoding). Send a valid .wav or .mp3 file.",
     )
@@ -294,14 +294,14 @@ def check_audio(data: bytes, limits: AudioLimits, *, field: str) -> float:
     allowed = f"{limits.min_seconds:g}-{limits.max_seconds:g} s"
     if duration < limits.min_seconds - _DURATION_TOLERANCE_S:
         raise ServiceError(
-            "InvalidFile.Duration",
+            Code.FILE_DURATION,
             f"{field}: the audio is {duration:.2f} s long; its duration must be within {allowed}. "
             "Send a longer audio clip.",
         )
     if duration > limits.max_seconds + _DURATION_TOLERANCE_S:
         measured = f"{duration:.2f} s" if complete or declared is not None else f"more than {duration:.2f} s"
         raise ServiceError(
-            "InvalidFile.Duration",
+            Code.FILE_DURATION,
             f"{field}: The input audio is longer than {limits.max_seconds:g}s (it is {measured} long); its "
             f"duration must be within {allowed}. Trim the audio.",
         )

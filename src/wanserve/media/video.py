@@ -24,7 +24,7 @@ import av
 import cv2
 import numpy as np
 
-from wanserve.errors import ServiceError
+from wanserve.errors import Code, ServiceError
 from wanserve.media import watermark as _wm
 
 X264_PRESET = "veryfast"
@@ -52,10 +52,10 @@ def _open_audio(data: bytes):
     try:
         container = av.open(io.BytesIO(data), mode="r")
     except (av.FFmpegError, ValueError, OSError) as exc:
-        raise ServiceError("InvalidFile.Format", _AUDIO_ERROR) from exc
+        raise ServiceError(Code.FILE_FORMAT, _AUDIO_ERROR) from exc
     if not container.streams.audio:
         container.close()
-        raise ServiceError("InvalidFile.Format", _NO_AUDIO)
+        raise ServiceError(Code.FILE_FORMAT, _NO_AUDIO)
     return container
 
 
@@ -69,7 +69,7 @@ def _output_rate(source_rate: int | None) -> int:
 def audio_duration(data: bytes) -> float:
     """Duration in seconds of an audio file (WAV, MP3, ... anything FFmpeg decodes), by decoding it.
 
-    Raises `ServiceError("InvalidFile.Format", ...)` when it cannot be decoded or holds no audio.
+    Raises `ServiceError(Code.FILE_FORMAT, ...)` when it cannot be decoded or holds no audio.
     """
     container = _open_audio(data)
     try:
@@ -79,11 +79,11 @@ def audio_duration(data: bytes) -> float:
             if frame.sample_rate:
                 seconds += frame.samples / frame.sample_rate
     except (av.FFmpegError, ValueError) as exc:
-        raise ServiceError("InvalidFile.Format", _AUDIO_ERROR) from exc
+        raise ServiceError(Code.FILE_FORMAT, _AUDIO_ERROR) from exc
     finally:
         container.close()
     if seconds <= 0:
-        raise ServiceError("InvalidFile.Format", _NO_AUDIO)
+        raise ServiceError(Code.FILE_FORMAT, _NO_AUDIO)
     return seconds
 
 
@@ -111,11 +111,11 @@ def _decode_audio(data: bytes, max_seconds: float) -> tuple[np.ndarray, int]:
                 chunks.append(chunk)
                 have += chunk.shape[1]
     except (av.FFmpegError, ValueError) as exc:
-        raise ServiceError("InvalidFile.Format", _AUDIO_ERROR) from exc
+        raise ServiceError(Code.FILE_FORMAT, _AUDIO_ERROR) from exc
     finally:
         container.close()
     if have == 0:
-        raise ServiceError("InvalidFile.Format", _NO_AUDIO)
+        raise ServiceError(Code.FILE_FORMAT, _NO_AUDIO)
     samples = np.concatenate(chunks, axis=1).astype(np.float32, copy=False)
     return samples, rate
 

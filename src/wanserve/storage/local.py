@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import ServiceError
+from ..errors import Code, ServiceError
 
 _SAFE_SEGMENT = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 
@@ -62,14 +62,14 @@ class LocalStorage:
         """The file a signed URL grants, or ServiceError(403) if tampered, expired or gone."""
         if not (expires.isascii() and expires.isdigit()
                 and _same(signature, self._sign_result(name, expires))):
-            raise ServiceError("AccessDenied", "The URL signature does not match; use the video_url exactly "
-                               "as the task query returned it.", 403)
+            raise ServiceError(Code.ACCESS_DENIED, "The URL signature does not match; use the video_url exactly "
+                               "as the task query returned it.")
         if int(expires) < time.time():
-            raise ServiceError("AccessDenied", "Request has expired: video URLs are valid for 24 hours after "
-                               "the task ends.", 403)
+            raise ServiceError(Code.ACCESS_DENIED, "Request has expired: video URLs are valid for 24 hours after "
+                               "the task ends.")
         path = self.root / "results" / name
         if not _SAFE_SEGMENT.match(name) or not path.is_file():
-            raise ServiceError("NotFound", "Not found! The video has been removed.", 404)
+            raise ServiceError(Code.NOT_FOUND, "Not found! The video has been removed.")
         return path
 
     # -- uploads (OSS PostObject-style) ---------------------------------------------------
@@ -83,17 +83,17 @@ class LocalStorage:
 
     def open_policy(self, policy: str, signature: str) -> dict[str, Any]:
         if not _same(signature, self._sign(policy)):
-            raise ServiceError("AccessDenied", "The request signature we calculated does not match the "
-                               "signature you provided; request a new policy with GET /api/v1/uploads.", 403)
+            raise ServiceError(Code.ACCESS_DENIED, "The request signature we calculated does not match the "
+                               "signature you provided; request a new policy with GET /api/v1/uploads.")
         doc = json.loads(base64.urlsafe_b64decode(policy + "=" * (-len(policy) % 4)))
         if doc["expiration"] < time.time():
-            raise ServiceError("AccessDenied", "Invalid according to Policy: Policy expired.", 403)
+            raise ServiceError(Code.ACCESS_DENIED, "Invalid according to Policy: Policy expired.")
         return doc
 
     def upload_path(self, key: str) -> Path:
         parts = key.split("/")
         if not all(_SAFE_SEGMENT.match(p) and p not in (".", "..") for p in parts):
-            raise ServiceError("InvalidParameter", f"Invalid upload key {key!r}: use plain file names "
+            raise ServiceError(Code.INVALID_PARAMETER, f"Invalid upload key {key!r}: use plain file names "
                                "(letters, digits, '.', '_', '-').")
         return self.root / "uploads" / Path(*parts)
 

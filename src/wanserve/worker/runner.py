@@ -22,7 +22,7 @@ from sqlalchemy import select
 
 from ..catalog.models import find_model, image_output_size, parse_size
 from ..engines import EngineSet, RenderJob
-from ..errors import LeaseLost, ServiceError, TaskCanceled
+from ..errors import Code, LeaseLost, ServiceError, TaskCanceled
 from ..media.audio import ambient_wav
 from ..media.clip import WAN27_CLIP_LIMITS, ClipInfo, check_clip
 from ..media.fetch import OssResolver, fetch_media
@@ -35,7 +35,7 @@ from ..media.inputs import (
     load_image,
 )
 from ..media.video import encode_mp4
-from ..requests.normalize import GenerationRequest
+from ..generation.request import GenerationRequest
 from ..services import Services
 from ..tasks.db import now_ms
 from ..tasks.schema import tasks, uploads
@@ -151,7 +151,7 @@ class Worker:
         max_bytes = {"audio": audio_limits.max_bytes, "first_clip": WAN27_CLIP_LIMITS.max_bytes}
         for media in req.media:
             data = fetch_media(media.url, field=media.field, max_bytes=max_bytes.get(media.role, image_limits.max_bytes),
-                               oss_resolver=self._oss_resolver(task_id) if req.oss_resolve else None,
+                               oss_resolver=self._oss_resolver(task_id) if req.resolve_uploads else None,
                                allow_private=self.services.settings.allow_private_media_urls)
             keeper.check()
             if media.role == "audio":
@@ -160,7 +160,7 @@ class Worker:
             elif media.role == "first_clip":
                 clip, clip_info = data, check_clip(data, WAN27_CLIP_LIMITS, field=media.field)
                 if clip_info.seconds >= req.duration:
-                    raise ServiceError("InvalidParameter", f"parameters.duration ({req.duration} s) is the length of "
+                    raise ServiceError(Code.INVALID_PARAMETER, f"parameters.duration ({req.duration} s) is the length of "
                                        f"the whole output and must exceed the first_clip ({clip_info.seconds:.1f} s).")
             else:
                 images[media.role] = load_image(data, image_limits, field=media.field)
@@ -207,7 +207,7 @@ class Worker:
             with services.db.begin() as conn:
                 row = conn.execute(query).first()
             if row is None:
-                raise ServiceError("InvalidParameter.DataInspection",
+                raise ServiceError(Code.DATA_INSPECTION,
                                    f"Unable to download the media resource oss://{key}: it was not uploaded by "
                                    "this account or has expired (uploads live 48 hours). Upload it again.")
             return services.storage.upload_path(key)

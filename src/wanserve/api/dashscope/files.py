@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
 
 from .schemas import errors
-from .tasks import _services
+from ..deps import services as _services
 
 router = APIRouter()
 

@@ -3,23 +3,31 @@
 from __future__ import annotations
 
 import logging
-import uuid
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import ServiceError
+from ...errors import Code, ServiceError
+from ..deps import request_id
 
 log = logging.getLogger("wanserve.api")
 
 
-def request_id(request: Request) -> str:
-    rid = getattr(request.state, "request_id", None)
-    if rid is None:
-        rid = request.state.request_id = str(uuid.uuid4())
-    return rid
+# The one place an error code becomes an HTTP status; every code not listed is a 400.
+STATUS_BY_CODE: dict[Code, int] = {
+    Code.INVALID_API_KEY: 401,
+    Code.ACCESS_DENIED: 403,
+    Code.NOT_FOUND: 404,
+    Code.FILE_EXISTS: 409,
+    Code.INTERNAL: 500,
+    Code.INTERNAL_ALGO: 500,
+}
+
+
+def http_status(code: Code) -> int:
+    return STATUS_BY_CODE.get(code, 400)
 
 
 def error_response(request: Request, code: str, message: str, status: int) -> JSONResponse:
@@ -29,7 +37,7 @@ def error_response(request: Request, code: str, message: str, status: int) -> JS
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        return error_response(request, exc.code, exc.message, exc.status)
+        return error_response(request, exc.code, exc.message, http_status(exc.code))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -17,13 +17,13 @@ from sqlalchemy import insert
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from ..catalog.models import find_model
-from ..errors import ServiceError, invalid_parameter
-from ..tasks.db import now_ms
-from ..tasks.schema import uploads
-from .errors import request_id
+from ...catalog.models import find_model
+from ...errors import Code, ServiceError, invalid_parameter
+from ...tasks.db import now_ms
+from ...tasks.schema import uploads
 from .schemas import PolicyResponse, RequestIdOnly, errors
-from .tasks import CallerDep, _services, public_base
+from ..deps import CallerDep, public_base, request_id
+from ..deps import services as _services
 
 router = APIRouter()
 
@@ -63,13 +63,13 @@ async def upload(request: Request) -> dict[str, Any]:
         raise invalid_parameter("The form needs a file field (sent last).")
     doc = services.storage.open_policy(policy, signature)
     if not key.startswith(doc["dir"] + "/") or key.count("/") != doc["dir"].count("/") + 1:
-        raise ServiceError("AccessDenied", f"key must be {doc['dir']}/<file name>, as the policy allows.", 403)
+        raise ServiceError(Code.ACCESS_DENIED, f"key must be {doc['dir']}/<file name>, as the policy allows.")
     data = await file.read(doc["max_bytes"] + 1)
     if len(data) > doc["max_bytes"]:
-        raise ServiceError("EntityTooLarge", f"The file is larger than {doc['max_bytes'] // 2**20} MB.", 400)
+        raise ServiceError(Code.ENTITY_TOO_LARGE, f"The file is larger than {doc['max_bytes'] // 2**20} MB.")
     path = services.storage.upload_path(key)
     if path.exists():
-        raise ServiceError("FileAlreadyExists", "The object already exists; request a new policy.", 409)
+        raise ServiceError(Code.FILE_EXISTS, "The object already exists; request a new policy.")
 
     def save() -> None:
         services.storage.save_upload(key, data)

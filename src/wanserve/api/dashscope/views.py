@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from ..config import Settings
-from ..storage.local import LocalStorage
-from ..tasks.store import FAILED, RUNNING, SUCCEEDED, UNKNOWN
+from ...config import Settings
+from ...storage.local import LocalStorage
+from ...tasks.store import FAILED, RUNNING, SUCCEEDED, UNKNOWN
 
 
 def display_zone(settings: Settings) -> timezone:
@@ -45,7 +45,7 @@ def task_body(task: dict[str, Any], *, settings: Settings, storage: LocalStorage
         expires = task["end_ms"] // 1000 + settings.task_ttl_seconds
         name = f"{task['id']}.mp4"
         out["video_url"] = f"{base_url.rstrip('/')}/files/results/{name}?{storage.signed_query(name, expires)}"
-        out["orig_prompt"] = task["request"]["orig_prompt"]
+        out["orig_prompt"] = task["request"]["prompt"]
         if result.get("actual_prompt") is not None:
             out["actual_prompt"] = result["actual_prompt"]
         body["usage"] = result["usage"]

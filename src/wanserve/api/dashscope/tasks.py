@@ -6,22 +6,21 @@ import json
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from ..accounts.keys import Caller
-from ..errors import ServiceError, invalid_parameter
-from ..requests.normalize import normalize
-from ..services import Services
-from ..tasks.db import now_ms
-from ..tasks.store import STATUSES, UNKNOWN
-from .auth import require_caller
-from .errors import request_id
+from ...accounts.keys import Caller
+from ...errors import Code, ServiceError, invalid_parameter
+from .normalize import normalize
+from ...services import Services
+from ...tasks.db import now_ms
+from ...tasks.store import STATUSES, UNKNOWN
+from ..deps import CallerDep, public_base, request_id
+from ..deps import services as _services
 from .schemas import CreateResponse, ListResponse, RequestIdOnly, TaskResponse, errors
 from .views import display_zone, list_item, task_body, unknown_output
 
 router = APIRouter()
-CallerDep = Annotated[Caller, Depends(require_caller)]
 AsyncHeader = Annotated[str | None, Header(alias="X-DashScope-Async", description="Must be `enable`")]
 OssHeader = Annotated[str | None, Header(alias="X-DashScope-OssResourceResolve",
                                          description="`enable` to resolve oss:// inputs from the upload endpoint")]
@@ -32,17 +31,9 @@ CREATE_DOC: dict[str, Any] = {
 }
 
 
-def _services(request: Request) -> Services:
-    return request.app.state.services
-
-
 def _alive_since(services: Services) -> int:
     """Tasks that ended before this are past their 24 h lifetime and answer UNKNOWN."""
     return now_ms() - services.settings.task_ttl_seconds * 1000
-
-
-def public_base(request: Request) -> str:
-    return _services(request).settings.public_base_url or str(request.base_url)
 
 
 def _reject_constant(name: str) -> Any:
@@ -58,14 +49,14 @@ def parse_json_body(raw: bytes) -> Any:
         json.dumps(body, ensure_ascii=False).encode("utf-8")
     except (ValueError, RecursionError, UnicodeError) as exc:
         detail = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
-        raise ServiceError("BadRequest.IllegalInput", f"The input parameter requires json format: {detail}.") from None
+        raise ServiceError(Code.ILLEGAL_INPUT, f"The input parameter requires json format: {detail}.") from None
     return body
 
 
 async def _create(request: Request, caller: Caller, endpoint: str) -> dict[str, Any]:
     if request.headers.get("x-dashscope-async", "").strip().lower() != "enable":
-        raise ServiceError("AccessDenied", "current user api does not support synchronous calls; send the "
-                           "header X-DashScope-Async: enable.", 403)
+        raise ServiceError(Code.ACCESS_DENIED, "current user api does not support synchronous calls; send the "
+                           "header X-DashScope-Async: enable.")
     body = parse_json_body(await request.body())
     oss = request.headers.get("x-dashscope-ossresourceresolve", "").strip().lower() == "enable"
     gen = normalize(body, endpoint, oss_resolve=oss)
@@ -147,6 +138,6 @@ def list_tasks(request: Request, caller: CallerDep,
 def cancel_task(task_id: str, request: Request, caller: CallerDep) -> dict[str, Any]:
     """Cancel a PENDING task (contract) or, as an extension, a RUNNING one (it stops within a second)."""
     if not _services(request).store.cancel(task_id, caller.account_id):
-        raise ServiceError("UnsupportedOperation", "Failed to cancel the task, please confirm if the task is in "
-                           "PENDING status.", 400)
+        raise ServiceError(Code.UNSUPPORTED_OPERATION, "Failed to cancel the task, please confirm if the task is in "
+                           "PENDING status.")
     return {"request_id": request_id(request)}

@@ -19,10 +19,9 @@ import math
 import secrets
 from typing import Any, Literal
 
-from pydantic import BaseModel
-
-from ..catalog.models import NEG_PROMPT_MAX, ModelSpec, find_model, size_tier
-from ..errors import ServiceError, invalid_parameter
+from ...catalog.models import NEG_PROMPT_MAX, ModelSpec, find_model, size_tier
+from ...generation.request import GenerationRequest, MediaInput
+from ...errors import Code, ServiceError, invalid_parameter
 
 SEED_MAX = 2147483647
 MEDIA_COMBINATIONS = {
@@ -33,36 +32,6 @@ MEDIA_COMBINATIONS = {
     frozenset({"first_clip"}),
     frozenset({"first_clip", "last_frame"}),
 }
-
-
-class MediaInput(BaseModel):
-    """One media input of a task: what it is for, the URL as sent, and the field to name in errors."""
-
-    role: Literal["first_frame", "last_frame", "audio", "first_clip"]
-    url: str
-    field: str
-
-
-class GenerationRequest(BaseModel):
-    """Everything a worker needs to run a task; stored with the task as JSON."""
-
-    model: str  # canonical catalog name
-    requested_model: str  # as the caller spelled it (alias or snapshot name)
-    kind: Literal["t2v", "i2v", "kf2v", "wan27"]
-    prompt: str
-    orig_prompt: str
-    negative_prompt: str
-    template: str | None
-    resolution: str
-    size: str | None  # t2v: the exact output size; image-driven: decided from the first frame
-    duration: int
-    prompt_extend: bool
-    shot_type: Literal["single", "multi"]
-    sound: Literal["none", "generate", "input"]
-    watermark: bool
-    seed: int
-    media: list[MediaInput]
-    oss_resolve: bool
 
 
 def _get_str(obj: dict, key: str, where: str) -> str | None:
@@ -105,13 +74,13 @@ def _check_url(url: str, field: str, oss_resolve: bool) -> str:
     if lowered.startswith("oss://"):
         if not oss_resolve:
             raise ServiceError(
-                "InvalidParameter.DataInspection",
+                Code.DATA_INSPECTION,
                 f"{field}: oss:// URLs are resolved only when the request carries the header "
                 "X-DashScope-OssResourceResolve: enable.",
             )
         return url
     raise ServiceError(
-        "InvalidURL",
+        Code.INVALID_URL,
         f"{field}: {url[:80]!r} is not a supported URL. Send an http(s) URL, a data:<mime>;base64 URL, "
         "or an oss:// URL from the upload endpoint.",
     )
@@ -124,7 +93,7 @@ def resolve_model(body_model: Any, endpoint: str) -> ModelSpec:
     every model there; other models posted to image2video get the gateway's "url error".
     """
     if body_model is None or body_model == "":
-        raise ServiceError("BadRequest.EmptyModel", 'Required parameter "model" missing from request.')
+        raise ServiceError(Code.EMPTY_MODEL, 'Required parameter "model" missing from request.')
     if not isinstance(body_model, str):
         raise invalid_parameter("model must be a string naming a model, e.g. \"wan2.6-t2v\".")
     spec = find_model(body_model)
@@ -142,12 +111,12 @@ def resolve_model(body_model: Any, endpoint: str) -> ModelSpec:
 def normalize(body: Any, endpoint: str, *, oss_resolve: bool) -> GenerationRequest:
     """Validate a create body and fill every default; raises ServiceError (400) on any mistake."""
     if not isinstance(body, dict):
-        raise ServiceError("BadRequest.IllegalInput", "The request body must be a JSON object "
+        raise ServiceError(Code.ILLEGAL_INPUT, "The request body must be a JSON object "
                            '{"model": ..., "input": {...}, "parameters": {...}}.')
     spec = resolve_model(body.get("model"), endpoint)
     inp = body.get("input")
     if inp is None:
-        raise ServiceError("BadRequest.EmptyInput", "Required input parameter missing from request.")
+        raise ServiceError(Code.EMPTY_INPUT, "Required input parameter missing from request.")
     if not isinstance(inp, dict):
         raise invalid_parameter("input must be a JSON object.")
     params = body.get("parameters")
@@ -203,7 +172,6 @@ def normalize(body: Any, endpoint: str, *, oss_resolve: bool) -> GenerationReque
         requested_model=body["model"],
         kind=spec.kind,
         prompt=prompt,
-        orig_prompt=prompt,
         negative_prompt=negative,
         template=template,
         resolution=resolution,
@@ -215,7 +183,7 @@ def normalize(body: Any, endpoint: str, *, oss_resolve: bool) -> GenerationReque
         watermark=_get_bool(params, "watermark", False),
         seed=seed,
         media=media,
-        oss_resolve=oss_resolve,
+        resolve_uploads=oss_resolve,
     )
 
 
