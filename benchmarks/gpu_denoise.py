@@ -55,8 +55,8 @@ PEAK_BF16_TFLOPS = (
 )
 
 _WAN_TRANSFORMER = {
-    "patch_size": (1, 2, 2), "attention_head_dim": 128, "text_dim": 4096, "freq_dim": 256, "cross_attn_norm": True,
-    "qk_norm": "rms_norm_across_heads", "eps": 1e-6, "rope_max_seq_len": 1024,
+    "patch_size": (1, 2, 2), "attention_head_dim": 128, "text_dim": 4096, "freq_dim": 256,
+    "cross_attn_norm": True, "qk_norm": "rms_norm_across_heads", "eps": 1e-6, "rope_max_seq_len": 1024,
 }
 
 
@@ -80,24 +80,25 @@ WAN22_VAE = {
 
 MODELS = {
     "1.3b": ModelCase("1.3b", "Wan2.1 T2V-1.3B",
-                      dict(_WAN_TRANSFORMER, num_attention_heads=12, ffn_dim=8960, num_layers=30, in_channels=16,
-                           out_channels=16), WAN21_VAE, False, "wanx2.1-t2v-turbo"),
+                      dict(_WAN_TRANSFORMER, num_attention_heads=12, ffn_dim=8960, num_layers=30,
+                           in_channels=16, out_channels=16), WAN21_VAE, False, "wanx2.1-t2v-turbo"),
     "14b": ModelCase("14b", "Wan2.1 T2V-14B (= one A14B expert)",
-                     dict(_WAN_TRANSFORMER, num_attention_heads=40, ffn_dim=13824, num_layers=40, in_channels=16,
-                          out_channels=16), WAN21_VAE, False, "wanx2.1-t2v-plus"),
+                     dict(_WAN_TRANSFORMER, num_attention_heads=40, ffn_dim=13824, num_layers=40,
+                          in_channels=16, out_channels=16), WAN21_VAE, False, "wanx2.1-t2v-plus"),
     "5b": ModelCase("5b", "Wan2.2 TI2V-5B",
-                    dict(_WAN_TRANSFORMER, num_attention_heads=24, ffn_dim=14336, num_layers=30, in_channels=48,
-                         out_channels=48), WAN22_VAE, True, "wan2.2-t2v-plus"),
+                    dict(_WAN_TRANSFORMER, num_attention_heads=24, ffn_dim=14336, num_layers=30,
+                         in_channels=48, out_channels=48), WAN22_VAE, True, "wan2.2-t2v-plus"),
 }
 
 TINY_TRANSFORMER = {
-    "patch_size": (1, 2, 2), "num_attention_heads": 2, "attention_head_dim": 12, "text_dim": 32, "freq_dim": 32,
-    "ffn_dim": 32, "num_layers": 2, "cross_attn_norm": True, "qk_norm": "rms_norm_across_heads",
-    "rope_max_seq_len": 1024,
+    "patch_size": (1, 2, 2), "num_attention_heads": 2, "attention_head_dim": 12, "text_dim": 32,
+    "freq_dim": 32, "ffn_dim": 32, "num_layers": 2, "cross_attn_norm": True,
+    "qk_norm": "rms_norm_across_heads", "rope_max_seq_len": 1024,
 }
 TINY_VAE = {"base_dim": 3, "z_dim": 16, "dim_mult": [1, 1, 1, 1], "num_res_blocks": 1,
             "temperal_downsample": [False, True, True]}
-TINY_VAE_22 = {**WAN22_VAE, "base_dim": 4, "decoder_base_dim": 4, "dim_mult": [1, 1, 1, 1], "num_res_blocks": 1}
+TINY_VAE_22 = {**WAN22_VAE, "base_dim": 4, "decoder_base_dim": 4, "dim_mult": [1, 1, 1, 1],
+               "num_res_blocks": 1}
 
 
 def tiny_case(case: ModelCase) -> ModelCase:
@@ -116,8 +117,10 @@ def train_tokenizer():
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    corpus = ["A lighthouse at dawn, waves breaking on the rocks.", "A cat walks across a sunny kitchen floor.",
-              "A red car drives along a mountain road in the rain.", "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作",
+    corpus = ["A lighthouse at dawn, waves breaking on the rocks.",
+              "A cat walks across a sunny kitchen floor.",
+              "A red car drives along a mountain road in the rain.",
+              "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作",
               "画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，丑陋的，残缺的，多余的手指，杂乱的背景，倒着走"]
     tok = Tokenizer(models.Unigram())
     tok.normalizer = normalizers.NFKC()
@@ -126,8 +129,8 @@ def train_tokenizer():
     tok.train_from_iterator(corpus * 8, trainer=trainers.UnigramTrainer(
         vocab_size=300, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>", show_progress=False))
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
-                                   model_max_length=512)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
+                                   unk_token="<unk>", model_max_length=512)
 
 
 def random_module(factory, device, dtype, keep_fp32: tuple[str, ...] = ()):
@@ -180,7 +183,8 @@ def build_components(case: ModelCase, device, dtype, tiny: bool, text_layers: in
         "text_encoder": random_module(lambda: UMT5EncoderModel(t5), device, dtype),
         "vae": random_module(lambda: AutoencoderKLWan(**case.vae), device, torch.float32),
         "scheduler": UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
-                                             num_train_timesteps=1000, flow_shift=3.0 if not case.ti2v else 5.0),
+                                             num_train_timesteps=1000,
+                                             flow_shift=3.0 if not case.ti2v else 5.0),
         "transformer": random_module(lambda: WanTransformer3DModel(**case.transformer), device, dtype, keep),
     }
 
@@ -264,8 +268,9 @@ def run_engine(engine, case: ModelCase, width: int, height: int, seconds: int, s
     from wanserve.engines.base import RenderJob
 
     engine.cfg = dc.replace(engine.cfg, num_inference_steps=steps)
-    job = RenderJob(kind="t2v", model=case.public_model, width=width, height=height, frame_count=seconds * FPS,
-                    prompt="A lighthouse at dawn, waves breaking on the rocks.", seed=1)
+    job = RenderJob(kind="t2v", model=case.public_model, width=width, height=height,
+                    frame_count=seconds * FPS, prompt="A lighthouse at dawn, waves breaking on the rocks.",
+                    seed=1)
     stamps: list[float] = []
 
     def progress(done: int, total: int) -> None:
@@ -295,13 +300,14 @@ def run_stock(pipe, width: int, height: int, num_frames: int, steps: int, device
     _sync(device)
     started = time.perf_counter()
     out = pipe("A lighthouse at dawn, waves breaking on the rocks.", height=height, width=width,
-               num_frames=num_frames, num_inference_steps=steps, generator=torch.Generator(device).manual_seed(1),
-               callback_on_step_end=on_step_end)
+               num_frames=num_frames, num_inference_steps=steps,
+               generator=torch.Generator(device).manual_seed(1), callback_on_step_end=on_step_end)
     _sync(device)
     return Timing(_median_step(stamps), time.perf_counter() - started, len(out.frames[0]), _peak(device))
 
 
-def build_engine(case: ModelCase, components: dict[str, Any], device, dtype, steps: int, attention_backend: str | None):
+def build_engine(case: ModelCase, components: dict[str, Any], device, dtype, steps: int,
+                 attention_backend: str | None):
     from wanserve.engines.wan import LoadedCheckpoint, WanEngine, WanModelConfig
 
     index = {"_class_name": "WanPipeline", "expand_timesteps": case.ti2v, "boundary_ratio": None}
@@ -328,13 +334,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--duration", type=int, default=5, help="seconds of video (default 5)")
     p.add_argument("--steps", type=int, default=50, help="denoising steps of a real generation (default 50)")
     p.add_argument("--full-steps", type=int, default=8,
-                   help="steps actually run per full generation (default 8); the time at --steps is extrapolated")
+                   help="steps actually run per full generation (default 8); "
+                        "the time at --steps is extrapolated")
     p.add_argument("--device", default="cuda", help="cuda (default), cuda:N, or cpu (with --tiny)")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    p.add_argument("--attention-backend", default=None, help="the engine's attention_backend setting (default: none)")
-    p.add_argument("--text-layers", type=int, default=24, help="UMT5-XXL layers to build (default 24, the full 24)")
-    p.add_argument("--tiny", action="store_true", help="tiny configs at small sizes: exercises the whole run on CPU")
-    p.add_argument("--count-only", action="store_true", help="only count FLOPs per step (meta device; no GPU)")
+    p.add_argument("--attention-backend", default=None,
+                   help="the engine's attention_backend setting (default: none)")
+    p.add_argument("--text-layers", type=int, default=24,
+                   help="UMT5-XXL layers to build (default 24, the full 24)")
+    p.add_argument("--tiny", action="store_true",
+                   help="tiny configs at small sizes: exercises the whole run on CPU")
+    p.add_argument("--count-only", action="store_true",
+                   help="only count FLOPs per step (meta device; no GPU)")
     p.add_argument("--peak-tflops", type=float, default=None, help="override the GPU's peak BF16 TFLOP/s")
     args = p.parse_args(argv)
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -367,7 +378,8 @@ def plan_cases(args: argparse.Namespace) -> list[tuple[ModelCase, str, int, int,
 
 
 def count_only(args: argparse.Namespace) -> int:
-    print(f"FLOPs per denoising step (two transformer forwards, classifier-free guidance), {args.duration} s clips")
+    print("FLOPs per denoising step (two transformer forwards, classifier-free guidance), "
+          f"{args.duration} s clips")
     print(f"{'model':<42} {'size':>9} {'frames':>6} {'TFLOP/step':>11} {'PFLOP/gen':>10} "
           f"{'ideal s/step H100 SXM':>22}")
     for case, _, w, h, n in plan_cases(args):
@@ -404,8 +416,10 @@ def main(argv: list[str] | None = None) -> int:
         dtype = torch.float32
     gpu, peak = peak_tflops(device)
     peak = args.peak_tflops or peak
-    print(f"device: {gpu}; peak dense BF16: {f'{peak:.0f} TFLOP/s' if peak else 'unknown (use --peak-tflops)'}; "
-          f"torch {torch.__version__}, diffusers {diffusers.__version__}; dtype {dtype}; {args.duration} s clips, "
+    peak_text = f"{peak:.0f} TFLOP/s" if peak else "unknown (use --peak-tflops)"
+    print(f"device: {gpu}; peak dense BF16: {peak_text}; "
+          f"torch {torch.__version__}, diffusers {diffusers.__version__}; dtype {dtype}; "
+          f"{args.duration} s clips, "
           f"full generation with {args.full_steps} steps, extrapolated to {args.steps}")
     header = (f"{'model':<44} {'size':>9} {'path':<7} {'s/step':>8} {'full s':>8} {f'@{args.steps} s':>9} "
               f"{'frames':>6} {'peak GiB':>8} {'MFU':>6}")
@@ -426,7 +440,8 @@ def main(argv: list[str] | None = None) -> int:
         for path, t in results.items():
             at_steps = t.full_s + (args.steps - args.full_steps) * t.step_s
             mfu = flops / t.step_s / (peak * 1e12) if peak and t.step_s > 0 else None
-            row = (f"{case.title:<44} {f'{w}x{h}':>9} {path:<7} {t.step_s:>8.3f} {t.full_s:>8.1f} {at_steps:>9.1f} "
+            row = (f"{case.title:<44} {f'{w}x{h}':>9} {path:<7} {t.step_s:>8.3f} {t.full_s:>8.1f} "
+                   f"{at_steps:>9.1f} "
                    f"{t.frames:>6} {f'{t.peak_gib:.1f}' if t.peak_gib is not None else 'n/a':>8} "
                    f"{f'{100 * mfu:.1f}%' if mfu is not None else 'n/a':>6}")
             rows.append(row)

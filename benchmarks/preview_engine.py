@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from wanserve.engines.base import RenderJob
 from wanserve.engines.preview import PreviewEngine
+from wanserve.generation.shots import parse_shots
 from wanserve.media.video import encode_mp4
 
 FPS = 30
@@ -68,7 +69,8 @@ def cases() -> list[tuple[str, RenderJob]]:
         ("kf2v 5s 720P (1280x720)", RenderJob("kf2v", "bench", 1280, 720, 5 * FPS, seed=7, first_frame=first,
                                               last_frame=last)),
         ("t2v 5s 720P (1280x720)", RenderJob("t2v", "bench", 1280, 720, 5 * FPS, seed=7, prompt=prompt,
-                                             shot_type="multi")),
+                                             shot_type="multi",
+                                             shots=tuple(parse_shots(prompt, 5, "multi")))),
         ("i2v template 5s 720P", RenderJob("i2v", "bench", 1280, 720, 5 * FPS, seed=7, template="inflate",
                                            first_frame=first)),
     ]

@@ -29,7 +29,6 @@ from wanserve.config import Settings
 from wanserve.engines import EngineSet
 from wanserve.media.audio import wav_bytes as pcm_wav
 from wanserve.services import Services
-from wanserve.tasks.sweeper import sweep
 from wanserve.worker.runner import run_workers
 
 ASYNC = {"X-DashScope-Async": "enable"}
@@ -73,41 +72,44 @@ class Server:
         raise AssertionError(f"task {task_id} did not finish in {timeout} s: {body}")
 
     def sweep(self) -> None:
-        sweep(self.services)
+        self.services.sweep()
+
+
+@contextlib.contextmanager
+def running_server(data_dir: Path, workers: int = 1, *, engines: EngineSet | None = None,
+                   bootstrap_key: str | None = "", **overrides: Any) -> Iterator[Server]:
+    """The one way tests start wanserve: services on `data_dir`, `workers` worker threads, the API on a
+    free loopback port, and a key of account "default". bootstrap_key None: the key in
+    WANSERVE_API_KEY, as `serve` reads it."""
+    overrides = {"allow_private_media_urls": True, **overrides}  # the media fixtures are on loopback
+    if bootstrap_key is not None:
+        overrides["api_key"] = bootstrap_key
+    settings = Settings(data_dir=data_dir, workers=workers, poll_seconds=0.05, **overrides)
+    services = Services.open(settings)
+    _, key = create_key(services.db, "default")
+    stop = threading.Event()
+    run_workers(services, engines or EngineSet(settings.models), workers, stop)
+    server = uvicorn.Server(uvicorn.Config(create_app(services), host="127.0.0.1", port=free_port(),
+                                           log_level="critical"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    try:
+        yield Server(f"http://127.0.0.1:{server.config.port}", key, services, stop)
+    finally:
+        stop.set()
+        server.should_exit = True
+        thread.join(5)
+        services.close()
 
 
 @pytest.fixture
 def make_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
-    started: list[tuple[uvicorn.Server, threading.Thread, Server]] = []
-
-    def make(workers: int = 1, bootstrap_key: str | None = "", **overrides: Any) -> Server:
-        """bootstrap_key None: the key in WANSERVE_API_KEY, as `serve` reads it."""
-        data = tmp_path_factory.mktemp("data")
-        overrides = {"allow_private_media_urls": True, **overrides}  # the media fixtures are on loopback
-        if bootstrap_key is not None:
-            overrides["api_key"] = bootstrap_key
-        settings = Settings(data_dir=data, workers=workers, poll_seconds=0.05, **overrides)
-        services = Services.open(settings)
-        _, key = create_key(services.db, "default")
-        stop = threading.Event()
-        run_workers(services, EngineSet(settings.models), workers, stop)
-        port = free_port()
-        server = uvicorn.Server(uvicorn.Config(create_app(services), host="127.0.0.1",
-                                               port=port, log_level="warning"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        while not server.started:
-            time.sleep(0.01)
-        handle = Server(f"http://127.0.0.1:{port}", key, services, stop)
-        started.append((server, thread, handle))
-        return handle
-
-    yield make
-    for server, thread, handle in started:
-        handle.stop.set()
-        server.should_exit = True
-        thread.join(5)
-        handle.services.close()
+    """make_server(workers=1, **settings) -> a running Server, stopped after the test."""
+    with contextlib.ExitStack() as stack:
+        yield lambda workers=1, **kw: stack.enter_context(running_server(tmp_path_factory.mktemp("data"), workers,
+                                                                         **kw))
 
 
 @pytest.fixture

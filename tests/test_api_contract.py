@@ -234,7 +234,9 @@ def test_rejected_bodies_never_leave_a_task(make_server):
 
 def test_video_url_with_non_ascii_signature_or_expiry_is_403(make_server):
     server = make_server(workers=0)
-    server.services.storage.result_path("t").write_bytes(b"x")
+    with server.services.storage.temp_result("t") as tmp:
+        tmp.write_bytes(b"x")
+        server.services.storage.put_result("t", tmp)
     for query in ("Expires=9999999999&Signature=é", "Expires=²&Signature=abc"):
         r = httpx.get(f"{server.base}/files/results/t.mp4?{query}")
         assert_error(r, 403, "AccessDenied")
@@ -253,7 +255,8 @@ def test_tasks_past_their_lifetime_are_unknown_and_left_out_of_lists_before_any_
     with server.services.db.begin() as conn:
         conn.execute(update(tasks).values(submit_ms=day_ago))
         conn.execute(update(tasks).where(tasks.c.id == old).values(status="CANCELED", end_ms=day_ago))
-        conn.execute(update(tasks).where(tasks.c.id == running).values(status="RUNNING"))
+        conn.execute(update(tasks).where(tasks.c.id == running)
+                     .values(status="RUNNING", worker_id="w", lease_until_ms=now_ms() + 60_000))
     zone = timezone(timedelta(hours=8))
     window = {"start_time": datetime.fromtimestamp(day_ago / 1000 - 3600, zone).strftime("%Y%m%d%H%M%S"),
               "end_time": datetime.fromtimestamp(day_ago / 1000 + 3600, zone).strftime("%Y%m%d%H%M%S")}

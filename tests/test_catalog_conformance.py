@@ -18,32 +18,23 @@ the output tests share one two-worker server that renders one small task per mod
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import http.server
 import math
 import re
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from sqlalchemy import func, select
 
-from wanserve.accounts.keys import create_key
-from wanserve.api.app import create_app
 from wanserve.catalog.models import MODELS, image_output_size
-from wanserve.config import Settings
-from wanserve.engines import EngineSet
-from wanserve.services import Services
 from wanserve.tasks.schema import tasks
-from wanserve.worker.runner import run_workers
 
-from .conftest import MediaServer, Probe, Server, download, free_port, image_bytes, probe_video
+from .conftest import MediaServer, Probe, Server, download, image_bytes, probe_video, running_server
 
 
 def _ints(lo: int, hi: int) -> tuple[int, ...]:
@@ -163,34 +154,10 @@ def expected_image_output(width: int, height: int, tier: str) -> tuple[int, int]
 # -- servers ------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def running_server(tmp_path_factory: pytest.TempPathFactory, workers: int) -> Iterator[Server]:
-    """What conftest's make_server builds, but for a whole module."""
-    settings = Settings(data_dir=tmp_path_factory.mktemp("data"), workers=workers, poll_seconds=0.05,
-                        allow_private_media_urls=True)
-    services = Services.open(settings)
-    _, key = create_key(services.db, "default")
-    stop = threading.Event()
-    run_workers(services, EngineSet(), workers, stop)
-    server = uvicorn.Server(uvicorn.Config(create_app(services, bootstrap_key=""), host="127.0.0.1",
-                                           port=free_port(), log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    try:
-        yield Server(f"http://127.0.0.1:{server.config.port}", key, services, stop)
-    finally:
-        stop.set()
-        server.should_exit = True
-        thread.join(5)
-        services.close()
-
-
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A server without workers: tasks stay PENDING, media URLs are never fetched."""
-    with running_server(tmp_path_factory, workers=0) as server:
+    with running_server(tmp_path_factory.mktemp("data"), workers=0) as server:
         yield server
 
 
@@ -398,7 +365,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory, media: MediaServer) -> It
         "wan27": {"prompt": PROMPT, "media": [{"type": "first_frame", "url": first}]},
     }
     plans = [(name, True) for name in CATALOG_NAMES] + [(EXTRA_NO_EXTEND, False)]
-    with running_server(tmp_path_factory, workers=2) as server:
+    with running_server(tmp_path_factory.mktemp("data"), workers=2) as server:
         submitted = []
         for name, extend in plans:
             r = row(name)

@@ -2,32 +2,122 @@
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from wanserve.config import load_settings
+import wanserve
+from wanserve.config import Settings, SettingsError, load_settings
+
+
+@pytest.fixture(autouse=True)
+def _no_wanserve_environment(monkeypatch):
+    for name in list(os.environ):
+        if name.upper().startswith("WANSERVE_"):
+            monkeypatch.delenv(name)
+
+
+def config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "w.toml"
+    path.write_text(text)
+    return path
+
+
+def settings_error(*args, **kwargs) -> str:
+    with pytest.raises(SettingsError) as info:
+        load_settings(*args, **kwargs)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
 
 
 def test_defaults_need_nothing():
     s = load_settings()
     assert s.db_url.startswith("sqlite:///") and s.db_url.endswith("wanserve-data/wanserve.db")
     assert not s.allow_private_media_urls
+    assert (s.api_key, s.log_level, s.workers, s.lease_seconds) == ("", "INFO", 1, 30.0)
 
 
 def test_toml_file_then_flags_override(tmp_path):
-    cfg = tmp_path / "w.toml"
-    cfg.write_text('workers = 3\nport = 9000\nallow_private_media_urls = true\n[models."wan2.6-t2v"]\nengine = "preview"\n')
+    cfg = config(tmp_path, 'workers = 3\nport = 9000\nallow_private_media_urls = true\n'
+                           '[models."wan2.6-t2v"]\nengine = "preview"\n')
     s = load_settings(cfg, port=9100, data_dir=str(tmp_path))
     assert (s.workers, s.port, s.data_dir) == (3, 9100, Path(tmp_path))
     assert s.allow_private_media_urls and s.models == {"wan2.6-t2v": {"engine": "preview"}}
 
 
-def test_unknown_setting_is_an_error_naming_it(tmp_path):
-    cfg = tmp_path / "w.toml"
-    cfg.write_text("wokers = 3\n")
-    with pytest.raises(ValueError, match="wokers"):
-        load_settings(cfg)
+def test_unknown_setting_is_an_error_naming_it_and_the_known_ones(tmp_path):
+    cfg = config(tmp_path, "wokers = 3\n")
+    message = settings_error(cfg)
+    assert message.startswith(f"{cfg}: wokers: unknown setting")
+    assert "did you mean workers?" in message
+    assert "known settings: " in message and "lease_seconds" in message
+    assert isinstance(SettingsError("x"), ValueError)
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "hint"),
+    [
+        ('lease_seconds = "30"', "lease_seconds", "write lease_seconds = 30 (no quotes)"),
+        ('workers = "two"', "workers", "expected a whole number"),
+        ("workers = 2.5", "workers", "expected a whole number"),
+        ('allow_private_media_urls = "true"', "allow_private_media_urls", "allow_private_media_urls = true"),
+        ('port = "8000"', "port", "port = 8000"),
+        ("host = 8000", "host", "expected a string in quotes"),
+        ("data_dir = 1", "data_dir", "expected a path in quotes"),
+        ("models = 3", "models", "expected a table"),
+        ('log_level = "loud"', "log_level", "DEBUG, INFO, WARNING, ERROR, CRITICAL"),
+    ],
+)
+def test_a_value_of_the_wrong_type_in_the_file_is_refused_naming_file_and_key(tmp_path, text, key, hint):
+    cfg = config(tmp_path, text + "\n")
+    message = settings_error(cfg)
+    assert message.startswith(f"{cfg}: {key}: ")
+    assert hint in message
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["workers = -1", "lease_seconds = 0", "poll_seconds = -0.5", "max_attempts = 0", "port = 65536",
+     "port = -1", "task_ttl_seconds = 0", "upload_ttl_seconds = -1", "upload_policy_seconds = 0",
+     "sweep_seconds = 0", "upload_max_mb = 0"],
+)
+def test_values_out_of_range_are_refused(tmp_path, text):
+    cfg = config(tmp_path, text + "\n")
+    key = text.split()[0]
+    message = settings_error(cfg)
+    bound = r"must be (at least|at most|greater than) -?\d+, got "
+    assert re.match(rf"{re.escape(str(cfg))}: {key}: {bound}", message)
+    assert f"write e.g. {key} = " in message
+
+
+@pytest.mark.parametrize("text", ["workers = 0", "port = 0", "port = 65535", "max_attempts = 1",
+                                  "lease_seconds = 0.1", "lease_seconds = 5"])
+def test_values_at_the_edge_of_their_range_are_accepted(tmp_path, text):
+    key, value = text.split(" = ")
+    assert getattr(load_settings(config(tmp_path, text + "\n")), key) == float(value)
+
+
+def test_invalid_toml_and_a_missing_file_are_one_line_errors_naming_the_file(tmp_path):
+    cfg = config(tmp_path, "workers = \n")
+    assert settings_error(cfg).startswith(f"{cfg}: not valid TOML (")
+    missing = tmp_path / "nope.toml"
+    assert settings_error(missing).startswith(f"{missing}: cannot read the settings file")
+
+
+def test_environment_is_read_and_parsed(monkeypatch):
+    monkeypatch.setenv("WANSERVE_WORKERS", "2")
+    monkeypatch.setenv("WANSERVE_API_KEY", "sk-env")
+    monkeypatch.setenv("WANSERVE_LEASE_SECONDS", "2.5")
+    monkeypatch.setenv("WANSERVE_LOG_LEVEL", "debug")
+    monkeypatch.setenv("WANSERVE_MODELS", '{"wan2.6-t2v": {"engine": "preview"}}')
+    s = load_settings()
+    assert (s.workers, s.api_key, s.lease_seconds, s.log_level) == (2, "sk-env", 2.5, "DEBUG")
+    assert s.models == {"wan2.6-t2v": {"engine": "preview"}}
+    assert Settings().api_key == "sk-env"  # direct construction reads it too (make_server relies on it)
 
 
 def test_environment_allows_private_media_urls(monkeypatch):
@@ -35,7 +125,53 @@ def test_environment_allows_private_media_urls(monkeypatch):
     assert load_settings().allow_private_media_urls
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("WANSERVE_WORKERS", "two", "environment WANSERVE_WORKERS: expected a whole number"),
+        ("WANSERVE_WORKERS", "-1", "environment WANSERVE_WORKERS: must be at least 0"),
+        ("WANSERVE_ALLOW_PRIVATE_MEDIA_URLS", "maybe",
+         "environment WANSERVE_ALLOW_PRIVATE_MEDIA_URLS: expected 1, true, yes or on"),
+        ("WANSERVE_PORT", "http", "environment WANSERVE_PORT: expected a whole number"),
+        ("WANSERVE_MODELS", "{not json", "environment WANSERVE_MODELS: not valid JSON"),
+        ("WANSERVE_LOG_LEVEL", "chatty", "environment WANSERVE_LOG_LEVEL: unknown log level"),
+    ],
+)
+def test_an_invalid_environment_value_names_the_variable(monkeypatch, name, value, expected):
+    monkeypatch.setenv(name, value)
+    assert settings_error().startswith(expected)
+
+
+def test_flags_beat_environment_beat_file(tmp_path, monkeypatch):
+    cfg = config(tmp_path, 'workers = 3\nport = 9000\nhost = "0.0.0.0"\napi_key = "sk-file"\n')
+    monkeypatch.setenv("WANSERVE_WORKERS", "4")
+    monkeypatch.setenv("WANSERVE_PORT", "9001")
+    monkeypatch.setenv("WANSERVE_API_KEY", "sk-env")
+    s = load_settings(cfg, workers=5, port=None)  # None: the flag was not given
+    assert (s.workers, s.port, s.host, s.api_key) == (5, 9001, "0.0.0.0", "sk-env")
+
+
+def test_a_flag_out_of_range_names_the_flag():
+    assert settings_error(workers=-1).startswith("command line --workers: must be at least 0")
+
+
+def test_settings_are_immutable_and_built_directly(tmp_path):
+    s = Settings(data_dir=tmp_path, workers=0, poll_seconds=0.05, allow_private_media_urls=True)
+    assert (s.workers, s.poll_seconds, s.allow_private_media_urls) == (0, 0.05, True)
+    with pytest.raises(ValidationError, match="frozen"):
+        s.workers = 2  # type: ignore[misc]
+    with pytest.raises(SettingsError, match="Settings\\(\\): wokers: unknown setting"):
+        Settings(wokers=1)
+
+
 def test_secret_is_created_once_and_shared(tmp_path):
     a = load_settings(data_dir=tmp_path).secret()
     b = load_settings(data_dir=tmp_path).secret()
     assert a == b and len(a) == 64
+
+
+def test_only_the_config_module_reads_the_environment():
+    src = Path(wanserve.__file__).parent
+    readers = sorted(str(p.relative_to(src)) for p in src.rglob("*.py")
+                     if re.search(r"os\.environ|getenv", p.read_text()))
+    assert readers in ([], ["config.py"])

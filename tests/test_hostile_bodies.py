@@ -12,7 +12,6 @@ end pin inputs that once gave 500s.
 from __future__ import annotations
 
 import json
-import threading
 import time
 import urllib.parse
 import uuid
@@ -22,13 +21,10 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
-from wanserve.accounts.keys import create_key
-from wanserve.api.app import create_app
 from wanserve.catalog.models import (
     I2V_TEMPLATES,
     KF2V_TEMPLATES,
@@ -37,11 +33,9 @@ from wanserve.catalog.models import (
     all_names,
     find_model,
 )
-from wanserve.config import Settings
-from wanserve.services import Services
 from wanserve.tasks.schema import tasks
 
-from .conftest import ASYNC, Server, free_port
+from .conftest import ASYNC, Server, running_server
 
 FUZZ = settings(max_examples=150, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -54,21 +48,9 @@ TRACEBACK_MARKERS = ("Traceback", 'File "', '.py"')
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """conftest's make_server(workers=0), built once for the module."""
-    settings_ = Settings(data_dir=tmp_path_factory.mktemp("data"), workers=0, poll_seconds=0.05,
-                         allow_private_media_urls=True)
-    services = Services.open(settings_)
-    _, key = create_key(services.db, "default")
-    uv = uvicorn.Server(uvicorn.Config(create_app(services, bootstrap_key=""), host="127.0.0.1", port=free_port(),
-                                       log_level="critical"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    while not uv.started:
-        time.sleep(0.01)
-    yield Server(f"http://127.0.0.1:{uv.config.port}", key, services, threading.Event())
-    uv.should_exit = True
-    thread.join(5)
-    services.close()
+    """conftest's running_server(workers=0), built once for the module."""
+    with running_server(tmp_path_factory.mktemp("data"), workers=0) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

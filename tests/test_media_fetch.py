@@ -17,9 +17,10 @@ import httpx
 import pytest
 
 from wanserve.api.dashscope.errors import http_status
+from wanserve.config import load_settings
 from wanserve.errors import Code, ServiceError
 from wanserve.media import fetch as fetch_module
-from wanserve.media.fetch import address_is_forbidden, fetch_media, private_urls_allowed_from_env
+from wanserve.media.fetch import address_is_forbidden, fetch_media
 
 PAYLOAD = bytes(range(256)) * 40  # 10 KiB
 MB = 2**20
@@ -575,13 +576,21 @@ def test_oss_url_without_resolver_asks_for_the_header():
     assert "X-DashScope-OssResourceResolve: enable" in err.message
 
 
+def read_file(path: Path):
+    """A resolver that reads one local file, as the upload store does."""
+    def resolve(key: str, max_bytes: int) -> bytes:
+        with path.open("rb") as fh:
+            return fh.read(max_bytes + 1)
+    return resolve
+
+
 def test_oss_url_is_read_through_the_resolver(tmp_path):
     (tmp_path / "cat.png").write_bytes(PAYLOAD)
     keys: list[str] = []
 
-    def resolver(key: str) -> Path:
+    def resolver(key: str, max_bytes: int) -> bytes:
         keys.append(key)
-        return tmp_path / "cat.png"
+        return read_file(tmp_path / "cat.png")(key, max_bytes)
 
     data = fetch_media("oss://dir/abc/cat.png", field="img_url", max_bytes=MB, oss_resolver=resolver)
     assert data == PAYLOAD
@@ -591,12 +600,12 @@ def test_oss_url_is_read_through_the_resolver(tmp_path):
 def test_oss_file_over_the_limit_is_refused(tmp_path):
     (tmp_path / "big").write_bytes(b"x" * 2000)
     with pytest.raises(ServiceError) as info:
-        fetch_media("oss://k/big", field="img_url", max_bytes=1000, oss_resolver=lambda key: tmp_path / "big")
+        fetch_media("oss://k/big", field="img_url", max_bytes=1000, oss_resolver=read_file(tmp_path / "big"))
     assert info.value.code == "InvalidFile.Size"
 
 
 def test_oss_resolver_errors_propagate():
-    def resolver(key: str) -> Path:
+    def resolver(key: str, max_bytes: int) -> bytes:
         raise ServiceError(Code.INVALID_PARAMETER, f"img_url: oss://{key} is not a known upload.")
 
     with pytest.raises(ServiceError, match="not a known upload"):
@@ -605,7 +614,7 @@ def test_oss_resolver_errors_propagate():
 
 def test_oss_file_that_vanished_is_refused(tmp_path):
     with pytest.raises(ServiceError) as info:
-        fetch_media("oss://k/gone", field="img_url", max_bytes=MB, oss_resolver=lambda key: tmp_path / "gone")
+        fetch_media("oss://k/gone", field="img_url", max_bytes=MB, oss_resolver=read_file(tmp_path / "gone"))
     assert info.value.code == "InvalidURL"
     assert "Upload it again" in info.value.message
 
@@ -641,15 +650,18 @@ def test_field_name_starts_the_message():
     assert info.value.message.startswith("media[0].url: ")
 
 
+# The switch callers pass as `allow_private` is the `allow_private_media_urls` setting (wanserve.config reads
+# the environment; fetch_media does not).
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("1", True), ("true", True), ("YES", True), ("on", True), ("0", False), ("", False), ("no", False)],
+    [("1", True), ("true", True), ("YES", True), ("on", True), ("0", False), ("", False), ("no", False),
+     ("off", False), ("False", False)],
 )
 def test_private_urls_allowed_from_env(monkeypatch, value, expected):
     monkeypatch.setenv("WANSERVE_ALLOW_PRIVATE_MEDIA_URLS", value)
-    assert private_urls_allowed_from_env() is expected
+    assert load_settings().allow_private_media_urls is expected
 
 
 def test_private_urls_not_allowed_when_env_is_unset(monkeypatch):
     monkeypatch.delenv("WANSERVE_ALLOW_PRIVATE_MEDIA_URLS", raising=False)
-    assert private_urls_allowed_from_env() is False
+    assert load_settings().allow_private_media_urls is False

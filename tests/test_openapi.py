@@ -27,8 +27,8 @@ KEY = "sk-schemathesis"
 # schemathesis needs the app when the module is collected, so it gets its own data dir here
 _DATA = Path(tempfile.mkdtemp(prefix="wanserve-openapi-"))
 atexit.register(shutil.rmtree, _DATA, ignore_errors=True)
-_SERVICES = Services.open(Settings(data_dir=_DATA))
-APP = create_app(_SERVICES, bootstrap_key=KEY)
+_SERVICES = Services.open(Settings(data_dir=_DATA, api_key=KEY))
+APP = create_app(_SERVICES)
 schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
 
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wanserve.engines import preview
+from wanserve.engines import EngineSet
 from wanserve.engines.base import RenderJob
-from wanserve.engines.preview import PreviewEngine
-from wanserve.generation.shots import parse_shots
+from wanserve.engines.preview import EFFECTS, PreviewEngine, text
 from wanserve.errors import TaskCanceled
+from wanserve.generation.shots import parse_shots
 from wanserve.media.frames import FlowMorph, fit_image, flow_interpolate
 
 W, H = 256, 144
@@ -40,6 +40,10 @@ def square_scene(x: int) -> np.ndarray:
 
 
 def job(kind: str = "i2v", n: int = 20, **kw) -> RenderJob:
+    """A job of `n` frames at 30 fps. `multi_shot=True`: the shot plan of the prompt, as the pipeline
+    computes it (generation.shots), so the storyboard shows one card per shot."""
+    if kw.pop("multi_shot", False):
+        kw["shots"] = tuple(parse_shots(kw["prompt"], n / 30, kw.get("shot_type", "single")))
     if kind in ("i2v", "kf2v"):
         kw.setdefault("first_frame", picture())
     if kind == "kf2v":
@@ -64,7 +68,8 @@ def mad(a: np.ndarray, b: np.ndarray) -> float:
         job("i2v"),
         job("kf2v"),
         job("i2v", template="flying"),
-        job("t2v", n=7, width=320, height=240, prompt="镜头1 [0-3秒]：山。镜头2 [3-5秒]：水。"),
+        job("t2v", n=7, width=320, height=240, prompt="镜头1 [0-3秒]：山。镜头2 [3-5秒]：水。",
+            multi_shot=True),
     ],
     ids=["t2v", "i2v", "kf2v", "template", "t2v-odd-count"],
 )
@@ -77,8 +82,12 @@ def test_each_kind_yields_exactly_frame_count_uint8_rgb_frames_of_the_job_size(j
         assert f.flags.c_contiguous
 
 
-def test_engine_is_named_preview():
-    assert PreviewEngine.name == "preview"
+def test_the_registry_serves_unconfigured_and_preview_configured_models_with_the_preview_engine():
+    assert isinstance(EngineSet().for_model("wan2.6-t2v"), PreviewEngine)
+    assert isinstance(EngineSet({}).for_model("not-a-model"), PreviewEngine)
+    configured = EngineSet({"wan2.6-t2v": {"engine": "preview"}, "wan2.2-i2v-plus": {}})
+    assert isinstance(configured.for_model("wan2.6-t2v"), PreviewEngine)
+    assert isinstance(configured.for_model("wan2.2-i2v-plus"), PreviewEngine)  # engine defaults to preview
 
 
 def test_same_seed_and_inputs_give_identical_frames():
@@ -88,8 +97,8 @@ def test_same_seed_and_inputs_give_identical_frames():
 
 @pytest.mark.parametrize("kind", ["t2v", "kf2v"])
 def test_other_kinds_are_deterministic_too(kind):
-    a = render(job(kind, seed=5, prompt="Shot 1 [0-1 s]: a. Shot 2 [1-2 s]: b."))
-    b = render(job(kind, seed=5, prompt="Shot 1 [0-1 s]: a. Shot 2 [1-2 s]: b."))
+    a = render(job(kind, seed=5, prompt="Shot 1 [0-1 s]: a. Shot 2 [1-2 s]: b.", multi_shot=True))
+    b = render(job(kind, seed=5, prompt="Shot 1 [0-1 s]: a. Shot 2 [1-2 s]: b.", multi_shot=True))
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
 
 
@@ -151,7 +160,7 @@ def test_flow_morph_reproduces_its_endpoints_exactly_and_is_reusable_for_interpo
 def test_t2v_shows_a_different_card_during_each_shots_time_range():
     prompt = ("Shot 1 [0-1 s]: A quiet harbour at dawn. Shot 2 [1-2 s]: Gulls take off. "
               "Shot 3 [2-3 s]: The sun rises.")
-    frames = render(job("t2v", n=90, prompt=prompt, seed=9))
+    frames = render(job("t2v", n=90, prompt=prompt, seed=9, multi_shot=True))
     one, two, three = frames[15], frames[45], frames[75]  # the middle of each shot
     assert mad(one, two) > 10 and mad(two, three) > 10 and mad(one, three) > 10
     # Within a shot the card changes only slowly (a drifting background).
@@ -164,12 +173,12 @@ def test_t2v_background_moves_so_a_single_card_is_still_video():
 
 
 def test_t2v_renders_with_the_default_font_when_no_system_font_is_found(monkeypatch):
-    monkeypatch.setattr(preview, "find_font", lambda: None)
-    preview._font.cache_clear()
+    monkeypatch.setattr(text, "find_font", lambda: None)
+    text.get_font.cache_clear()
     try:
         frames = render(job("t2v", n=3, prompt="没有字体也不能失败 — no font must not fail"))
     finally:
-        preview._font.cache_clear()
+        text.get_font.cache_clear()
     assert len(frames) == 3
 
 
@@ -203,7 +212,7 @@ def test_multi_shot_without_markers_spreads_sentences_over_two_or_three_cards():
 
 
 def test_templates_differ_from_each_other_and_from_plain_i2v():
-    names = ["flying", "squish", "rotation", "inflate", "dissolve", "melt", "hanfu-1", "some-new-effect"]
+    names = [*EFFECTS, "hanfu-1", "some-new-effect"]  # every effect of the table, and the default for others
     plain = render(job("i2v", n=12, seed=0))
     results = {name: render(job("i2v", n=12, seed=0, template=name)) for name in names}
     for name, frames in results.items():

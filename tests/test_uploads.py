@@ -52,7 +52,7 @@ def test_upload_is_stored_for_the_account_and_refuses_overwrite(make_server):
     with server.services.db.begin() as conn:
         row = conn.execute(select(uploads)).mappings().one()
     assert row["key"] == f"{policy['upload_dir']}/a.png" and row["account_id"] == "default"
-    assert server.services.storage.upload_path(row["key"]).read_bytes() == b"png-bytes"
+    assert server.services.storage.read_upload(row["key"], 100) == b"png-bytes"
     assert post_file(server, policy, "a.png", b"other").status_code == 409
 
 
@@ -60,7 +60,7 @@ def test_tampered_or_expired_policy_is_403(make_server):
     server = make_server(workers=0)
     policy = get_policy(server)
     assert post_file(server, policy, "a.png", b"x", Signature="forged").status_code == 403
-    old, sig = server.services.storage.make_policy("default", "wan2.6-t2v", policy["upload_dir"],
+    old, sig = server.services.uploads.make_policy("default", "wan2.6-t2v", policy["upload_dir"],
                                                    int(time.time()) - 1, 1000)
     r = post_file(server, {**policy, "policy": old, "signature": sig}, "a.png", b"x")
     assert r.status_code == 403 and "Policy expired" in r.json()["message"]

@@ -23,13 +23,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+pytest.importorskip("torch")
 pytest.importorskip("diffusers")
+
+import torch
 
 from wanserve.accounts.keys import create_key
 from wanserve.api.app import create_app
 from wanserve.config import Settings
 from wanserve.engines import EngineConfigError, EngineSet, RenderJob
+from wanserve.engines.preview import PreviewEngine
 from wanserve.engines.wan import (
     WAN_DEFAULT_NEGATIVE_PROMPT,
     convert_frame_rate,
@@ -81,7 +84,8 @@ def engines(ckpt: Checkpoints) -> EngineSet:
         "wanx2.1-t2v-turbo": wan(ckpt.t2v, num_inference_steps=3),
         "wan2.2-i2v-plus": wan(ckpt.i2v, num_inference_steps=4),
         "wanx2.1-i2v-turbo": wan(ckpt.i2v, num_inference_steps=4, templates={
-            "flying": {"lora": str(ckpt.lora), "prompt": "The subject floats up into the air.", "scale": 1.0}}),
+            "flying": {"lora": str(ckpt.lora), "prompt": "The subject floats up into the air.",
+                       "scale": 1.0}}),
         "wan2.2-kf2v-flash": wan(ckpt.flf2v, num_inference_steps=2),
         "wan2.7-i2v": wan(ckpt.i2v, num_inference_steps=2),
     })
@@ -206,7 +210,8 @@ def test_frame_rate_conversion_interpolates_motion_instead_of_repeating_frames()
 def test_plan_uses_wan_default_negative_prompt_and_template_prompt(engines: EngineSet):
     plain = engines.for_model("wanx2.1-t2v-turbo").plan(job("t2v", "wanx2.1-t2v-turbo", prompt="a cat"))
     assert plain.negative_prompt == WAN_DEFAULT_NEGATIVE_PROMPT and plain.prompt == "a cat"
-    assert WAN_DEFAULT_NEGATIVE_PROMPT.startswith("色调艳丽，过曝，静态") and WAN_DEFAULT_NEGATIVE_PROMPT.endswith("倒着走")
+    assert WAN_DEFAULT_NEGATIVE_PROMPT.startswith("色调艳丽，过曝，静态")
+    assert WAN_DEFAULT_NEGATIVE_PROMPT.endswith("倒着走")
     own = engines.for_model("wanx2.1-t2v-turbo").plan(job("t2v", "wanx2.1-t2v-turbo", negative_prompt="blur"))
     assert own.negative_prompt == "blur"
     tpl = engines.for_model("wanx2.1-i2v-turbo").plan(
@@ -265,7 +270,8 @@ def test_first_last_frame_checkpoint_encodes_both_frames(engines: EngineSet):
 
 def test_a_lora_template_changes_the_output_and_is_switched_off_afterwards(engines: EngineSet):
     first = picture(seed=3)
-    plain = job("i2v", "wanx2.1-i2v-turbo", seed=5, first_frame=first, prompt="The subject floats up into the air.")
+    plain = job("i2v", "wanx2.1-i2v-turbo", seed=5, first_frame=first,
+                prompt="The subject floats up into the air.")
     templated = replace(plain, template="flying", prompt="")
     before = render(engines, plain)
     with_lora = render(engines, templated)
@@ -276,7 +282,8 @@ def test_a_lora_template_changes_the_output_and_is_switched_off_afterwards(engin
 
 def test_progress_counts_denoising_steps_then_decode_and_interpolation(engines: EngineSet):
     seen: list[tuple[int, int]] = []
-    render(engines, job("t2v", "wanx2.1-t2v-turbo", prompt="x"), lambda done, total: seen.append((done, total)))
+    render(engines, job("t2v", "wanx2.1-t2v-turbo", prompt="x"),
+           lambda done, total: seen.append((done, total)))
     dones = [d for d, _ in seen]
     assert {t for _, t in seen} == {3 + 2} and dones == sorted(dones)
     assert dones[0] == 0 and dones[-1] == 5 and {1, 2, 3, 4} <= set(dones)
@@ -316,7 +323,8 @@ def test_out_of_memory_fails_with_internal_error_and_the_next_render_works(engin
     finally:
         handle.remove()
     assert err.value.code == "InternalError.Algo"
-    assert "out of memory" in err.value.message and "lower resolution or a shorter duration" in err.value.message
+    assert "out of memory" in err.value.message
+    assert "lower resolution or a shorter duration" in err.value.message
     assert len(render(engines, job("t2v", "wanx2.1-t2v-turbo", prompt="x"))) == 30
 
 
@@ -340,12 +348,14 @@ def _clip(seconds: float = 2.0, fps: int = 24, width: int = 120, height: int = 8
 
 
 def test_a_wan27_continuation_starts_with_the_clip_and_continues_from_its_last_frame(engines: EngineSet):
+    from wanserve.generation.continuation import Clip, continue_clip
     from wanserve.media.clip import clip_frames
     from wanserve.media.frames import fit_image
 
     clip = _clip()
-    frames = render(engines, job("i2v", "wan2.7-i2v", seconds=3, prompt="the line keeps moving", first_clip=clip,
-                                 first_clip_seconds=2.0))
+    engine = engines.for_model("wan2.7-i2v")
+    rest = job("i2v", "wan2.7-i2v", seconds=3, prompt="the line keeps moving")
+    frames = np.stack(list(continue_clip(engine, rest, Clip(clip, 2.0), lambda done, total: None)))
     expected = [fit_image(f, 100, 60) for f in clip_frames(clip, 30, 60)]
     assert frames.shape == (90, 60, 100, 3)
     assert all(np.array_equal(a, b) for a, b in zip(frames[:60], expected, strict=True))
@@ -358,10 +368,12 @@ def test_a_template_not_configured_fails_the_task_clearly(engines: EngineSet):
 
 @pytest.mark.parametrize("cache", ["taylorseer", {"type": "first_block", "threshold": 0.05}])
 def test_cache_option_loads_and_renders(tmp_path: Path, cache):
-    two_blocks = wan_fixtures.build_t2v(tmp_path / "t2v-2-blocks", layers=2)  # first_block needs a head and a tail
+    # first_block needs a head and a tail
+    two_blocks = wan_fixtures.build_t2v(tmp_path / "t2v-2-blocks", layers=2)
     es = EngineSet({"wanx2.1-t2v-turbo": wan(two_blocks, num_inference_steps=6, cache=cache)})
     assert len(render(es, job("t2v", "wanx2.1-t2v-turbo", prompt="x"))) == 30
-    assert len(render(es, job("t2v", "wanx2.1-t2v-turbo", prompt="x"))) == 30  # cache state reset between tasks
+    # the cache state is reset between tasks
+    assert len(render(es, job("t2v", "wanx2.1-t2v-turbo", prompt="x"))) == 30
 
 
 # ==================================================================================================
@@ -377,7 +389,8 @@ def test_a_ti2v_checkpoint_serves_text_and_image_models_at_24_fps(tmp_path: Path
     plan = i2v.plan(job("i2v", "wan2.2-i2v-flash", width=100, height=60, first_frame=picture()))
     assert (plan.width, plan.height, plan.native_fps, plan.num_frames) == (96, 64, 24.0, 25)  # 16 x 2 grid
     assert render(es, job("t2v", "wan2.2-t2v-plus", prompt="x")).shape == (30, 60, 100, 3)
-    assert render(es, job("i2v", "wan2.2-i2v-flash", first_frame=picture(), prompt="x")).shape == (30, 60, 100, 3)
+    i2v_frames = render(es, job("i2v", "wan2.2-i2v-flash", first_frame=picture(), prompt="x"))
+    assert i2v_frames.shape == (30, 60, 100, 3)
     with pytest.raises(EngineConfigError, match="cannot do kf2v"):
         EngineSet({"wan2.2-kf2v-flash": wan(ti2v)})
 
@@ -395,7 +408,7 @@ def test_flow_shift_is_set_per_model_on_a_shared_scheduler(ckpt: Checkpoints):
 def test_models_sharing_a_checkpoint_share_one_loaded_pipeline(engines: EngineSet):
     assert engines.for_model("wan2.2-i2v-plus").loaded is engines.for_model("wanx2.1-i2v-turbo").loaded
     assert engines.for_model("wan2.1-i2v-turbo") is engines.for_model("wanx2.1-i2v-turbo")  # alias
-    assert engines.for_model("wan2.6-t2v").name == "preview"  # not configured: the preview engine
+    assert isinstance(engines.for_model("wan2.6-t2v"), PreviewEngine)  # not configured: the preview engine
 
 
 def test_a_missing_checkpoint_fails_at_start_naming_model_and_path(tmp_path: Path):
@@ -418,7 +431,8 @@ def test_a_broken_component_fails_at_start_naming_model_component_and_path(ckpt:
 
 
 def test_a_checkpoint_of_the_wrong_kind_fails_at_start(ckpt: Checkpoints):
-    with pytest.raises(EngineConfigError, match=r"wanx2\.1-t2v-turbo.*\(t2v\) cannot be served.*cannot do t2v"):
+    with pytest.raises(EngineConfigError,
+                       match=r"wanx2\.1-t2v-turbo.*\(t2v\) cannot be served.*cannot do t2v"):
         EngineSet({"wanx2.1-t2v-turbo": wan(ckpt.i2v)})
     with pytest.raises(EngineConfigError, match=r"wan2\.2-i2v-plus.*cannot do i2v"):
         EngineSet({"wan2.2-i2v-plus": wan(ckpt.flf2v)})  # FLF2V needs both frames
@@ -564,7 +578,7 @@ def test_api_cancel_of_a_running_task_stops_it_within_one_denoising_step(wan_ser
     # (every 0.25 s) saw the cancel; 2 forwards (conditional + unconditional) per step
     assert after <= 2 * 2, after
     assert len(forwards) < 40 * 2 and decodes == []
-    assert not server.services.storage.result_path(tid).exists()
+    assert tid not in set(server.services.storage.result_ids())
 
 
 @pytest.mark.slow
@@ -575,7 +589,8 @@ def test_api_out_of_memory_fails_the_task_and_the_next_task_succeeds(wan_server)
     def oom() -> None:
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    body = {"model": "wanx2.1-t2v-turbo", "input": {"prompt": "a lighthouse"}, "parameters": {"size": "832*480"}}
+    body = {"model": "wanx2.1-t2v-turbo", "input": {"prompt": "a lighthouse"},
+            "parameters": {"size": "832*480"}}
     handle = count_calls(transformer, [], oom)
     try:
         failed = server.wait(server.create(body).json()["output"]["task_id"], timeout=120)
@@ -583,7 +598,8 @@ def test_api_out_of_memory_fails_the_task_and_the_next_task_succeeds(wan_server)
         handle.remove()
     assert failed["output"]["task_status"] == "FAILED"
     assert failed["output"]["code"] == "InternalError.Algo"
-    assert "out of GPU memory" in failed["output"]["message"] or "out of memory" in failed["output"]["message"]
+    message = failed["output"]["message"]
+    assert "out of GPU memory" in message or "out of memory" in message
     _, video = _succeeded_video(server, server.create(body).json()["output"]["task_id"])
     assert (video.width, video.height, video.frames) == (832, 480, 150)
 
@@ -601,23 +617,26 @@ def _serve(config: Path, data: Path, port: int) -> subprocess.Popen:
 
 def test_serve_with_a_broken_checkpoint_refuses_to_start_naming_model_and_path(tmp_path: Path):
     config = tmp_path / "wanserve.toml"
-    config.write_text(f'[models."wanx2.1-t2v-turbo"]\nengine = "wan"\ncheckpoint = "{tmp_path / "no-such-ckpt"}"\n')
+    config.write_text(f'[models."wanx2.1-t2v-turbo"]\nengine = "wan"\n'
+                      f'checkpoint = "{tmp_path / "no-such-ckpt"}"\n')
     proc = _serve(config, tmp_path / "data", free_port())
     output = proc.communicate(timeout=120)[0]
     assert proc.returncode != 0
-    assert "wanx2.1-t2v-turbo" in output and str(tmp_path / "no-such-ckpt") in output and "not a directory" in output
+    assert "wanx2.1-t2v-turbo" in output and str(tmp_path / "no-such-ckpt") in output
+    assert "not a directory" in output
     assert "serving on" not in output
 
 
 @pytest.mark.slow
-def test_serve_with_a_wan_config_generates_a_480p_t2v_video_at_default_settings(ckpt: Checkpoints, tmp_path: Path):
+def test_serve_with_a_wan_config_generates_a_480p_t2v_video_at_default_settings(ckpt: Checkpoints,
+                                                                                 tmp_path: Path):
     """The real command, the real loading code, the model's native 16 fps (81 frames, about 80 s
     on two CPU cores, most of it the VAE decode), interpolated to 150 frames at 30 fps."""
     import httpx
 
     config = tmp_path / "wanserve.toml"
-    config.write_text(f'workers = 1\n[models."wanx2.1-t2v-turbo"]\nengine = "wan"\ncheckpoint = "{ckpt.t2v}"\n'
-                      'num_inference_steps = 2\n')
+    config.write_text(f'workers = 1\n[models."wanx2.1-t2v-turbo"]\nengine = "wan"\n'
+                      f'checkpoint = "{ckpt.t2v}"\nnum_inference_steps = 2\n')
     port = free_port()
     proc = _serve(config, tmp_path / "data", port)
     api = f"http://127.0.0.1:{port}/api/v1"
@@ -646,8 +665,8 @@ BENCHMARK = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_denoise
 
 
 def _benchmark(*args: str) -> str:
-    done = subprocess.run([sys.executable, str(BENCHMARK), *args], capture_output=True, text=True, timeout=300,
-                          check=False)
+    done = subprocess.run([sys.executable, str(BENCHMARK), *args], capture_output=True, text=True,
+                          timeout=300, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
 

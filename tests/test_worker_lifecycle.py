@@ -78,7 +78,7 @@ def test_a_running_task_can_be_canceled_and_its_worker_is_free_within_a_second(m
     wait_for(lambda: server.services.store.get(nxt)["scheduled_ms"])
     assert server.services.store.get(nxt)["scheduled_ms"] - canceled_at < 1000
     assert server.task(tid)["output"]["task_status"] == "CANCELED"
-    assert not server.services.storage.result_path(tid).exists()
+    assert tid not in set(server.services.storage.result_ids())
 
 
 def test_running_task_reports_rising_progress(make_server):
@@ -133,8 +133,7 @@ def test_video_url_refuses_tampered_and_expired_signatures(server: Server):
     assert httpx.get(url.replace("Signature=", "Signature=x")).status_code == 403
     expires = int(url.split("Expires=")[1].split("&")[0])
     assert httpx.get(url.replace(f"Expires={expires}", f"Expires={expires + 1}")).status_code == 403
-    past = server.services.storage.signed_query(f"{tid}.mp4", int(time.time()) - 1)
-    r = httpx.get(f"{server.base}/files/results/{tid}.mp4?{past}")
+    r = httpx.get(server.services.storage.result_url(tid, server.base, int(time.time()) - 1))
     assert r.status_code == 403 and r.json()["code"] == "AccessDenied"
 
 
@@ -154,7 +153,7 @@ def test_sweeper_removes_tasks_and_files_older_than_24_hours(server: Server):
     assert server.task(tid)["output"] == {"task_id": tid, "task_status": "UNKNOWN"}  # even before the sweep
     server.sweep()
     assert server.services.store.get(tid) is None
-    assert not server.services.storage.result_path(tid).exists()
+    assert tid not in set(server.services.storage.result_ids())
     assert httpx.get(url).status_code == 404
     assert server.task(tid)["output"]["task_status"] == "UNKNOWN"
 

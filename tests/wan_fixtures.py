@@ -55,13 +55,13 @@ def build_tokenizer():
     tok.normalizer = normalizers.NFKC()
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
-    trainer = trainers.UnigramTrainer(vocab_size=400, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>",
-                                       show_progress=False)
+    trainer = trainers.UnigramTrainer(vocab_size=400, special_tokens=["<pad>", "</s>", "<unk>"],
+                                       unk_token="<unk>", show_progress=False)
     tok.train_from_iterator(CORPUS * 4, trainer=trainer)
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
                                                        special_tokens=[("</s>", tok.token_to_id("</s>"))])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
-                                   model_max_length=512)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
+                                   unk_token="<unk>", model_max_length=512)
 
 
 def tiny_text_encoder(vocab_size: int):
@@ -100,8 +100,8 @@ def tiny_transformer(in_channels: int = Z_DIM, *, image_dim: int | None = None,
     heads, head_dim = 2, 12
     return WanTransformer3DModel(
         patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=head_dim, in_channels=in_channels,
-        out_channels=out_channels, text_dim=TEXT_DIM, freq_dim=32, ffn_dim=32, num_layers=layers, cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads", image_dim=image_dim,
+        out_channels=out_channels, text_dim=TEXT_DIM, freq_dim=32, ffn_dim=32, num_layers=layers,
+        cross_attn_norm=True, qk_norm="rms_norm_across_heads", image_dim=image_dim,
         added_kv_proj_dim=heads * head_dim if image_dim else None, pos_embed_seq_len=pos_embed_seq_len,
         rope_max_seq_len=1024,
     ).eval()
@@ -111,15 +111,15 @@ def scheduler():
     """The scheduler the Wan diffusers checkpoints ship: UniPC on flow-matching sigmas."""
     from diffusers import UniPCMultistepScheduler
 
-    return UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000,
-                                   flow_shift=3.0)
+    return UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                   num_train_timesteps=1000, flow_shift=3.0)
 
 
 def tiny_image_encoder():
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
-    cfg = CLIPVisionConfig(hidden_size=CLIP_DIM, intermediate_size=32, projection_dim=CLIP_DIM, num_hidden_layers=2,
-                           num_attention_heads=2, image_size=32, patch_size=8)
+    cfg = CLIPVisionConfig(hidden_size=CLIP_DIM, intermediate_size=32, projection_dim=CLIP_DIM,
+                           num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8)
     processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     return CLIPVisionModel(cfg).eval(), processor
 
@@ -156,7 +156,8 @@ def build_i2v_two_experts(path: Path, seed: int = 1, boundary_ratio: float = 0.9
 
     parts = _common(seed)
     in_ch = 2 * Z_DIM + 4  # noisy latents + encoded condition video + 4-channel frame mask
-    WanImageToVideoPipeline(**parts, transformer=tiny_transformer(in_ch), transformer_2=tiny_transformer(in_ch),
+    WanImageToVideoPipeline(**parts, transformer=tiny_transformer(in_ch),
+                            transformer_2=tiny_transformer(in_ch),
                             boundary_ratio=boundary_ratio).save_pretrained(path)
     return path
 

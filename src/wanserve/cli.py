@@ -4,28 +4,68 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from .config import Settings, load_settings
+if TYPE_CHECKING:  # imported when needed: the signal handlers are installed before anything slow
+    from .config import Settings
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="where the database and files live (default ./wanserve-data)")
     p.add_argument("--config", help="TOML settings file")
-    p.add_argument("--database-url", help="SQLAlchemy URL, e.g. postgresql+psycopg://host/db (default: SQLite)")
+    p.add_argument("--database-url",
+                   help="SQLAlchemy URL, e.g. postgresql+psycopg://host/db (default: SQLite)")
+
+
+class _CannotStart(Exception):
+    """A problem that stops a command before it starts; main prints it as one line and exits 2."""
+
+
+class _Stopped(BaseException):
+    """Raised in the main thread by the first SIGINT/SIGTERM while a command is still starting."""
+
+
+class _StopSignals:
+    """SIGINT/SIGTERM handlers, installed first thing by the long-running commands. While the command
+    starts, the first signal raises _Stopped in the main thread: the command closes what it opened and exits
+    0. Once `started()`, a signal only sets `stop` (and calls `on_stop`): the command finishes its work and
+    exits 0."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self._starting = True
+        self._on_stop: Callable[[], None] | None = None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def started(self, on_stop: Callable[[], None] | None = None) -> None:
+        self._on_stop = on_stop
+        self._starting = False
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.stop.set()
+        if self._on_stop is not None:
+            self._on_stop()
+        if self._starting:
+            self._starting = False  # a second signal, while the first unwinds, only sets `stop`
+            raise _Stopped
 
 
 def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
-    return load_settings(args.config, data_dir=args.data_dir, database_url=args.database_url, **extra)
+    from .config import SettingsError, load_settings
+
+    try:
+        return load_settings(args.config, data_dir=args.data_dir, database_url=args.database_url, **extra)
+    except SettingsError as exc:
+        raise _CannotStart(str(exc)) from None
 
 
-def _logging() -> None:
-    logging.basicConfig(level=os.environ.get("WANSERVE_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _logging(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def _engines(settings: Settings, services: Any) -> Any:
@@ -41,34 +81,44 @@ def _engines(settings: Settings, services: Any) -> Any:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
+    signals = _StopSignals()  # first: a signal during start-up exits 0; uvicorn takes them over once serving
+    services = None
+    try:
+        import uvicorn
 
-    from .api.app import create_app
-    from .services import Services
-    from .tasks.sweeper import run_sweeper
-    from .worker.runner import run_workers
+        from .api.app import create_app
+        from .services import Services
+        from .worker.runner import run_workers
 
-    _logging()
-    settings = _settings(args, host=args.host, port=args.port, workers=args.workers,
-                         lease_seconds=args.lease_seconds)
-    services = Services.open(settings)
-    engines = _engines(settings, services)
-    if engines is None:
-        return 2
-    stop = threading.Event()
+        settings = _settings(args, host=args.host, port=args.port, workers=args.workers,
+                             lease_seconds=args.lease_seconds)
+        _logging(settings)
+        services = Services.open(settings)
+        engines = _engines(settings, services)
+        if engines is None:
+            return 2
+        server = uvicorn.Server(uvicorn.Config(create_app(services), host=settings.host, port=settings.port,
+                                               log_level="warning"))
+        signals.started(on_stop=lambda: setattr(server, "should_exit", True))
+    except _Stopped:
+        if services is not None:
+            services.close()
+        return 0
+    stop = signals.stop
     run_workers(services, engines, settings.workers, stop)
-    threading.Thread(target=run_sweeper, args=(services, stop), daemon=True, name="sweeper").start()
+    threading.Thread(target=services.run_sweeper, args=(stop,), daemon=True, name="sweeper").start()
     base = f"http://{settings.host}:{settings.port}/api/v1"
     print(f"wanserve: serving on {base}  (data: {settings.data_dir.resolve()}, workers: {settings.workers}, "
           "engine: preview unless configured)", flush=True)
-    if os.environ.get("WANSERVE_API_KEY"):
-        print("wanserve: accepting the key in WANSERVE_API_KEY", flush=True)
+    if settings.api_key:
+        print("wanserve: accepting the bootstrap key (WANSERVE_API_KEY or api_key in the config file)",
+              flush=True)
     else:
-        print(f"wanserve: create an API key with: wanserve keys create --data-dir {settings.data_dir}", flush=True)
+        print(f"wanserve: create an API key with: wanserve keys create --data-dir {settings.data_dir}",
+              flush=True)
     print(f"wanserve: point the SDK here with: export DASHSCOPE_HTTP_BASE_URL={base}", flush=True)
-    app = create_app(services)
     try:
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
+        server.run()
     finally:
         stop.set()
         services.close()
@@ -76,19 +126,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from .services import Services
-    from .worker.runner import run_workers
+    signals = _StopSignals()  # first: a signal during start-up exits 0; once running, tasks finish or go back
+    services = None
+    try:
+        from .services import Services
+        from .worker.runner import run_workers
 
-    _logging()
-    settings = _settings(args, workers=args.workers, lease_seconds=args.lease_seconds)
-    services = Services.open(settings)
-    engines = _engines(settings, services)
-    if engines is None:
-        return 2
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    threads = run_workers(services, engines, settings.workers, stop)
+        settings = _settings(args, workers=args.workers, lease_seconds=args.lease_seconds)
+        _logging(settings)
+        services = Services.open(settings)
+        engines = _engines(settings, services)
+        if engines is None:
+            return 2
+        signals.started()
+    except _Stopped:
+        if services is not None:
+            services.close()
+        return 0
+    threads = run_workers(services, engines, settings.workers, signals.stop)
     print(f"wanserve: {settings.workers} worker(s) on {settings.db_url}", flush=True)
     while any(t.is_alive() for t in threads):
         for t in threads:
@@ -124,28 +179,29 @@ def cmd_keys(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     from .catalog.models import MODELS
 
-    print(f"{'model':<22} {'kind':<6} {'endpoint':<17} {'resolutions (default)':<24} {'durations (default)':<20} "
-          f"{'audio':<12} {'prompt':>6}")
+    print(f"{'model':<22} {'kind':<6} {'endpoint':<17} {'resolutions (default)':<24} "
+          f"{'durations (default)':<20} {'audio':<12} {'prompt':>6}")
     for m in MODELS:
-        durations = f"{m.durations[0]}-{m.durations[-1]}" if len(m.durations) > 3 else ",".join(map(str, m.durations))
+        durations = (f"{m.durations[0]}-{m.durations[-1]}" if len(m.durations) > 3
+                     else ",".join(map(str, m.durations)))
         res = f"{','.join(m.resolutions)} ({m.default_size or m.default_resolution})"
-        print(f"{m.name:<22} {m.kind:<6} {m.endpoint:<17} {res:<24} {durations + f' ({m.default_duration})':<20} "
-              f"{m.audio:<12} {m.prompt_max:>6}" + (f"  aliases: {', '.join(m.aliases)}" if m.aliases else ""))
+        aliases = f"  aliases: {', '.join(m.aliases)}" if m.aliases else ""
+        print(f"{m.name:<22} {m.kind:<6} {m.endpoint:<17} {res:<24} "
+              f"{durations + f' ({m.default_duration})':<20} {m.audio:<12} {m.prompt_max:>6}{aliases}")
     return 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .services import Services
-    from .tasks.sweeper import sweep
-
-    n_tasks, n_uploads = sweep(Services.open(_settings(args)))
-    print(f"removed {n_tasks} expired tasks and {n_uploads} expired uploads")
+    swept = Services.open(_settings(args)).sweep()
+    print(f"removed {swept.tasks} expired tasks, {swept.uploads} expired uploads and {swept.orphans} "
+          "orphaned files")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wanserve", description="Self-hosted, DashScope-compatible Wan video "
-                                     "synthesis.")
+    parser = argparse.ArgumentParser(prog="wanserve",
+                                     description="Self-hosted, DashScope-compatible Wan video synthesis.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="run the HTTP API with in-process workers")
@@ -180,7 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except _CannotStart as exc:  # e.g. a settings problem: one line, no traceback
+        print(f"wanserve: cannot start: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except _Stopped:  # a signal before the command could handle it
+        return 0
 
 
 if __name__ == "__main__":

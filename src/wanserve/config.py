@@ -1,41 +1,90 @@
-"""Settings: defaults, then the TOML file given with --config, then command-line flags.
+"""Settings: defaults, then the TOML file given with --config, then the environment (WANSERVE_<NAME>), then
+command-line flags.
 
 Embedded defaults need nothing: SQLite and files under the data dir, the preview engine for
 every model. `database_url = "postgresql+psycopg://..."` moves the task store to PostgreSQL.
+
+This module is the only reader of the environment. Values are checked when they are loaded: in the TOML file
+strictly (`lease_seconds = "30"` is a string, not a number), in the environment as strings that are parsed
+(WANSERVE_WORKERS=2, WANSERVE_ALLOW_PRIVATE_MEDIA_URLS=1/true/yes/on or 0/false/no/off). Every problem raises
+`SettingsError`, whose message is one line: `<where>: <key>: <what is wrong and what to write instead>`,
+e.g. `wanserve.toml: workers: ...` or `environment WANSERVE_WORKERS: ...`.
 """
 
 from __future__ import annotations
 
+import difflib
+import json
 import os
+import re
 import secrets
 import tomllib
-from dataclasses import dataclass, field, fields, replace
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from .media.fetch import private_urls_allowed_from_env
+from pydantic import AfterValidator, Field, TypeAdapter, ValidationError
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+from pydantic_settings import SettingsError as _SourceError
+
+ENV_PREFIX = "WANSERVE_"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
-@dataclass(frozen=True)
-class Settings:
+class SettingsError(ValueError):
+    """A settings problem, as one line: `<where>: <key>: <what is wrong and what to write instead>`."""
+
+
+def _log_level(value: str) -> str:
+    level = value.strip().upper()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"unknown log level {value!r}; use one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
+class Settings(BaseSettings):
+    """Every setting; each can come from the TOML file (`name = value`), the environment (WANSERVE_NAME) or,
+    for some, a command-line flag. Immutable."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_ignore_empty=True, frozen=True,
+                                      extra="forbid")
+
     data_dir: Path = Path("wanserve-data")
     database_url: str = ""  # empty: sqlite:///<data_dir>/wanserve.db
     host: str = "127.0.0.1"
-    port: int = 8000
-    workers: int = 1
+    port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, ge=0)
     public_base_url: str = ""  # empty: the base URL of each incoming request
-    lease_seconds: float = 30.0  # a dead worker's task is retried this long after its last heartbeat
-    poll_seconds: float = 0.5  # how often an idle worker looks for work
-    max_attempts: int = 3  # runs of one task (first run plus retries after lost leases)
-    task_ttl_seconds: int = 24 * 3600  # tasks and result files are removed this long after they end
-    upload_ttl_seconds: int = 48 * 3600
-    upload_policy_seconds: int = 300
-    upload_max_mb: int = 100
-    sweep_seconds: float = 600.0
-    utc_offset_hours: float = 8.0  # task times are shown in this zone, as the hosted service (UTC+8) does
+    # a dead worker's task is retried this long after its last heartbeat
+    lease_seconds: float = Field(30.0, gt=0)
+    poll_seconds: float = Field(0.5, gt=0)  # how often an idle worker looks for work
+    max_attempts: int = Field(3, ge=1)  # runs of one task (first run plus retries after lost leases)
+    # tasks and result files are removed this long after they end
+    task_ttl_seconds: int = Field(24 * 3600, gt=0)
+    upload_ttl_seconds: int = Field(48 * 3600, gt=0)
+    upload_policy_seconds: int = Field(300, gt=0)
+    upload_max_mb: int = Field(100, gt=0)
+    sweep_seconds: float = Field(600.0, gt=0)
+    # task times are shown in this zone, as the hosted service (UTC+8) does
+    utc_offset_hours: float = Field(8.0, ge=-24, le=24)
     allow_private_media_urls: bool = False
-    models: dict[str, dict[str, Any]] = field(default_factory=dict)  # [models."name"] tables
-    api_key: str = field(default_factory=lambda: os.environ.get("WANSERVE_API_KEY", ""))  # a bootstrap key
+    storage: Literal["local"] = "local"  # where results and uploads live (storage/__init__.py: open_storage)
+    models: dict[str, dict[str, Any]] = Field(default_factory=dict)  # [models."name"] tables
+    api_key: str = ""  # WANSERVE_API_KEY: a bootstrap key (account "default") that `serve` also accepts
+    log_level: Annotated[str, AfterValidator(_log_level)] = "INFO"  # WANSERVE_LOG_LEVEL
+
+    def __init__(self, **values: Any) -> None:
+        """Direct construction (`Settings(data_dir=..., workers=...)`): the given values beat the environment,
+        which beats the defaults. Problems raise SettingsError, as load_settings does."""
+        try:
+            super().__init__(**values)
+        except _SourceError as exc:
+            raise SettingsError(_env_source_problem(exc)) from None
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            name = str(error["loc"][0]) if error["loc"] else ""
+            kind = "init" if name in values or name not in Settings.model_fields else "env"
+            raise SettingsError(_problem(kind, name, error, where="Settings()")) from None
 
     @property
     def db_url(self) -> str:
@@ -59,18 +108,184 @@ class Settings:
 
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Defaults < the TOML file `config_file` < the environment (WANSERVE_<NAME>) < `overrides` that are not
+    None (the command-line flags). Raises SettingsError (one line naming the file or variable and the key)."""
     values: dict[str, Any] = {}
     if config_file:
-        with open(config_file, "rb") as fh:
+        values.update(_read_file(str(config_file)))
+    for name, raw in _environment().items():
+        values[name] = _check("env", name, raw, where=_env_name(name))
+    for name, value in overrides.items():
+        if value is not None:
+            values[name] = _check("flag", name, value, where=f"command line --{name.replace('_', '-')}")
+    return Settings(**values)
+
+
+# ----------------------------------------------------------------------------------------------- the sources
+
+
+def _read_file(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
             raw = tomllib.load(fh)
-        known = {f.name for f in fields(Settings)}
-        unknown = set(raw) - known
-        if unknown:
-            raise ValueError(f"{config_file}: unknown settings {sorted(unknown)}; known: {sorted(known)}")
-        values.update(raw)
-    if private_urls_allowed_from_env():
-        values["allow_private_media_urls"] = True
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    if "data_dir" in values:
-        values["data_dir"] = Path(values["data_dir"])
-    return replace(Settings(), **values)
+    except OSError as exc:
+        raise SettingsError(f"{path}: cannot read the settings file ({exc.strerror or exc}); "
+                            "check the --config path") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"{path}: not valid TOML ({_one_line(str(exc))}); write `name = value` lines, "
+                            'strings in quotes, e.g. host = "0.0.0.0"') from None
+    unknown = [key for key in raw if key not in Settings.model_fields]
+    if unknown:
+        guess = difflib.get_close_matches(unknown[0], list(Settings.model_fields), n=1)
+        hint = f" (did you mean {guess[0]}?)" if guess and len(unknown) == 1 else ""
+        raise SettingsError(f"{path}: {', '.join(unknown)}: unknown setting{'s' if len(unknown) > 1 else ''}"
+                            f"{hint}; known settings: {_known()}")
+    return {name: _check("file", name, value, where=path) for name, value in raw.items()}
+
+
+def _environment() -> dict[str, Any]:
+    """The WANSERVE_<NAME> variables that name a setting and are not empty, as strings (JSON-decoded for
+    `models`)."""
+    try:
+        return EnvSettingsSource(Settings)()
+    except _SourceError as exc:
+        raise SettingsError(_env_source_problem(exc)) from None
+
+
+def _env_name(name: str) -> str:
+    return f"environment {ENV_PREFIX}{name.upper()}"
+
+
+@cache
+def _adapter(name: str) -> TypeAdapter[Any]:
+    field = Settings.model_fields[name]
+    if not field.metadata:
+        return TypeAdapter(field.annotation)
+    return TypeAdapter(Annotated[(field.annotation, *field.metadata)])
+
+
+def _check(kind: str, name: str, value: Any, *, where: str) -> Any:
+    """`value` for setting `name`, validated: strictly for the TOML file, where a string is never a number."""
+    if name not in Settings.model_fields:
+        raise SettingsError(f"{where}: {name}: unknown setting; known settings: {_known()}")
+    strict = kind == "file"
+    if strict and Settings.model_fields[name].annotation is Path:
+        if not isinstance(value, str):
+            raise SettingsError(f"{where}: {name}: expected a path in quotes, got {_shown(value)}; "
+                                f'write e.g. {name} = "/var/lib/wanserve"')
+        strict = False  # a path is written as a string in TOML
+    try:
+        return _adapter(name).validate_python(value, strict=strict)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        error["loc"] = (name, *error["loc"])
+        raise SettingsError(_problem(kind, name, error, where=where)) from None
+
+
+# ---------------------------------------------------------------------------------------------- the messages
+
+_MODELS_JSON = '{"wan2.6-t2v": {"engine": "preview"}}'
+_EXPECTED = {
+    "int": "expected a whole number",
+    "float": "expected a number",
+    "bool": "expected true or false",
+    "string": "expected a string",
+    "dict": "expected a table",
+    "path": "expected a path",
+}
+
+
+def _problem(kind: str, name: str, error: Any, *, where: str) -> str:
+    """One line for one pydantic error about setting `name` that came from `kind` ("file", "env", "flag",
+    "init"): where it came from, the key, what is wrong and what to write instead."""
+    key = ".".join(str(part) for part in error["loc"]) or name
+    where = _env_name(name) if kind == "env" else where
+    prefix = f"{where}: " if kind == "env" or kind == "flag" else f"{where}: {key}: "
+    value = error.get("input")
+    family = error["type"].split("_")[0]
+    if error["type"] == "extra_forbidden":
+        return f"{where}: {key}: unknown setting; known settings: {_known()}"
+    if error["type"] == "value_error":  # our own validators say what to write
+        return prefix + _one_line(str(error.get("ctx", {}).get("error", error["msg"])))
+    if family in _EXPECTED:
+        what = _EXPECTED[family]
+        if kind == "env" and family == "bool":
+            what = "expected 1, true, yes or on, or 0, false, no or off"
+        elif kind == "env" and family == "dict":
+            what = "expected a JSON object"
+        elif kind == "file" and family == "string":
+            what = "expected a string in quotes"
+        if kind == "file" and isinstance(value, str) and _valid_unquoted(name, value):
+            return f"{prefix}{what}, got the string {_shown(value)}; write {name} = {value.strip()} " \
+                   "(no quotes)"
+        return f"{prefix}{what}, got {_shown(value)}; {_write(kind)} e.g. {_example(kind, name)}"
+    bounds = {"greater_than": "greater than", "greater_than_equal": "at least", "less_than": "less than",
+              "less_than_equal": "at most"}
+    if error["type"] in bounds:
+        limit = next(iter(error.get("ctx", {}).values()), "")
+        limit = int(limit) if isinstance(limit, float) and limit.is_integer() else limit
+        return (f"{prefix}must be {bounds[error['type']]} {limit}, got {_shown(value)}; "
+                f"{_write(kind)} e.g. {_example(kind, name)}")
+    return (f"{prefix}{_one_line(error['msg'])}, got {_shown(value)}; "
+            f"{_write(kind)} e.g. {_example(kind, name)}")
+
+
+def _env_source_problem(exc: Exception) -> str:
+    """pydantic-settings' own error: a complex value (`models`) in the environment that is not JSON."""
+    match = re.search(r'field "([^"]+)"', str(exc))
+    name = match.group(1) if match else "models"
+    example = f"{ENV_PREFIX}{name.upper()}='{_MODELS_JSON}'"
+    return f"{_env_name(name)}: not valid JSON; set a JSON object, e.g. {example}"
+
+
+def _valid_unquoted(name: str, text: str) -> bool:
+    """Whether a quoted TOML string would be a valid value for `name` without its quotes ("30" for 30)."""
+    try:
+        _adapter(name).validate_python(tomllib.loads(f"v = {text.strip()}")["v"], strict=True)
+    except (tomllib.TOMLDecodeError, ValidationError):
+        return False
+    return True
+
+
+def _known() -> str:
+    return ", ".join(sorted(Settings.model_fields))
+
+
+def _write(kind: str) -> str:
+    return {"file": "write", "env": "set", "flag": "use"}.get(kind, "pass")
+
+
+def _example(kind: str, name: str) -> str:
+    value = Settings.model_fields[name].get_default(call_default_factory=True)
+    if kind == "file":
+        if isinstance(value, dict):
+            return f'a [{name}."wan2.6-t2v"] table with engine = "preview"'
+        return f"{name} = {_toml(value)}"
+    if kind == "env":
+        text = f"'{_MODELS_JSON}'" if isinstance(value, dict) else _plain(value)
+        return f"{ENV_PREFIX}{name.upper()}={text}"
+    if kind == "flag":
+        return f"--{name.replace('_', '-')} {_plain(value)}"
+    return f"{name}={value!r}"
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (str, Path)):
+        return json.dumps(str(value))
+    return repr(value)
+
+
+def _plain(value: Any) -> str:
+    return ("1" if value else "0") if isinstance(value, bool) else str(value)
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, str) else _toml(value) if isinstance(value, bool) \
+        else repr(value)
+    return _one_line(text if len(text) <= 60 else text[:57] + "...")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())

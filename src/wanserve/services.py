@@ -1,13 +1,21 @@
-"""The shared handles one process needs (settings, database, task store, files), opened once."""
+"""The shared handles one process needs (settings, database, task store, files), opened once, and
+the generation pipeline built on them."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
 from .config import Settings
-from .storage.local import LocalStorage
+from .engines import EngineSet
+from .generation.pipeline import GenerationPipeline
+from .storage import open_storage
+from .storage.base import Storage
+from .storage.signing import Signer
+from .storage.sweeper import Swept, run_sweeper, sweep
+from .storage.uploads import UploadStore
 from .tasks.db import migrate, open_engine
 from .tasks.store import TaskStore
 
@@ -17,15 +25,30 @@ class Services:
     settings: Settings
     db: Engine
     store: TaskStore
-    storage: LocalStorage
+    storage: Storage
+    uploads: UploadStore
 
     @classmethod
     def open(cls, settings: Settings) -> Services:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         db = open_engine(settings.db_url)
         migrate(db)
-        store = TaskStore(db, lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts)
-        return cls(settings, db, store, LocalStorage(settings.data_dir, settings.secret()))
+        store = TaskStore(db, lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts,
+                          task_ttl_seconds=settings.task_ttl_seconds)
+        signer = Signer(settings.secret())
+        storage = open_storage(settings.storage, settings.data_dir, signer)
+        uploads = UploadStore(db, storage, signer, ttl_seconds=settings.upload_ttl_seconds)
+        return cls(settings, db, store, storage, uploads)
+
+    def pipeline(self, engines: EngineSet) -> GenerationPipeline:
+        return GenerationPipeline(engines, self.storage, self.uploads,
+                                  allow_private_urls=self.settings.allow_private_media_urls)
+
+    def sweep(self) -> Swept:
+        return sweep(self.store, self.uploads, self.storage)
+
+    def run_sweeper(self, stop: threading.Event) -> None:
+        run_sweeper(self.store, self.uploads, self.storage, self.settings.sweep_seconds, stop)
 
     def close(self) -> None:
         self.db.dispose()

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine, insert, select, update
 
-from ..tasks.db import now_ms
+from ..tasks.db import now_ms, read
 from ..tasks.schema import accounts, api_keys
 
 BOOTSTRAP_KEY_ID = "bootstrap"
@@ -44,7 +44,7 @@ def create_key(engine: Engine, account_id: str = "default") -> tuple[str, str]:
 
 
 def list_keys(engine: Engine) -> list[dict]:
-    with engine.begin() as conn:
+    with read(engine) as conn:
         rows = conn.execute(select(api_keys).order_by(api_keys.c.created_ms)).mappings().all()
     return [dict(r) for r in rows]
 
@@ -58,7 +58,7 @@ def revoke_key(engine: Engine, key_id: str) -> bool:
 def authenticate(engine: Engine, key: str, bootstrap_key: str | None = None) -> Caller | None:
     if bootstrap_key and hmac.compare_digest(key.encode(), bootstrap_key.encode()):
         return Caller("default", BOOTSTRAP_KEY_ID)
-    with engine.begin() as conn:
+    with read(engine) as conn:  # every request authenticates: never wait for a writer
         row = conn.execute(select(api_keys.c.id, api_keys.c.account_id)
                            .where(api_keys.c.key_hash == _hash(key), api_keys.c.revoked_ms.is_(None))).first()
     return Caller(row.account_id, row.id) if row else None

@@ -1,4 +1,5 @@
-"""The FastAPI application: DashScope-compatible routes under /api/v1, signed files under /files."""
+"""The FastAPI application: each API flavour's routes (DashScope's under /api/v1 and /files today),
+the shared services, and one error mapping point that writes each flavour's own error body."""
 
 from __future__ import annotations
 
@@ -6,28 +7,26 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from ..services import Services
-from .dashscope import files, tasks, uploads
-from .dashscope.errors import install_error_handlers
-from .dashscope.schemas import CreateBody
+from . import dashscope
+from .errors import install_error_handlers
+
+FLAVOURS = (dashscope,)  # the first one writes errors for paths no flavour claims
 
 
 def create_app(services: Services) -> FastAPI:
     app = FastAPI(title="wanserve", summary="Self-hosted, DashScope-compatible Wan video synthesis",
                   version="0.1.0")
     app.state.services = services
-    install_error_handlers(app)
-    app.include_router(tasks.router, prefix="/api/v1")
-    app.include_router(uploads.router, prefix="/api/v1")
-    app.include_router(files.router)
+    for flavour in FLAVOURS:
+        flavour.include(app)
+    install_error_handlers(app, [(prefix, f.error_response) for f in FLAVOURS for prefix in f.PREFIXES])
 
     def openapi() -> dict:
-        """FastAPI's schema plus the create body, which the routes parse themselves (see schemas.py)."""
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
-            body = CreateBody.model_json_schema(ref_template="#/components/schemas/{model}")
             components = schema.setdefault("components", {}).setdefault("schemas", {})
-            components.update(body.pop("$defs", {}))
-            components["CreateBody"] = body
+            for flavour in FLAVOURS:
+                components.update(flavour.openapi_components())
             app.openapi_schema = schema
         return app.openapi_schema
 

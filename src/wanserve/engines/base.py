@@ -46,9 +46,12 @@ class RenderJob:
     shots: tuple[Shot, ...] = ()  # the pipeline's shot plan (generation.shots); empty: one shot of the prompt
     first_frame: Image.Image | None = None  # RGB, any size; the engine fits it to width x height
     last_frame: Image.Image | None = None
-    first_clip: bytes | None = None  # wan2.7 continuation: an mp4/mov the output starts with (checked)
-    first_clip_seconds: float = 0.0
     extra: dict = field(default_factory=dict)
+
+
+class EngineConfigError(ValueError):
+    """A [models."..."] table or its checkpoint cannot be used: raised at start (EngineSet, an
+    engine's loader), never at a task."""
 
 
 class Engine(Protocol):

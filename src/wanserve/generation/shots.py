@@ -11,7 +11,6 @@ import re
 
 from ..engines.base import Shot
 
-
 _NUM = r"\d+(?:\.\d+)?"
 _CN_DIGITS = "零一二三四五六七八九十"
 _RANGE = (

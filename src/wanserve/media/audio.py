@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import wave
 
+import av
 import numpy as np
 
 RATE = 44100
@@ -34,3 +35,26 @@ def wav_bytes(pcm: np.ndarray, rate: int) -> bytes:
         w.setframerate(rate)
         w.writeframes(pcm.astype("<i2").tobytes())
     return buf.getvalue()
+
+
+def decoded_seconds(data: bytes, fmt: str | None = None, stop_after: float = float("inf")) -> tuple[float, bool, float | None]:
+    """Decode the first audio stream; returns (seconds decoded, whether the whole stream was decoded, the
+    container's declared duration or None). Stops once `stop_after` seconds have been decoded."""
+    with av.open(io.BytesIO(data), mode="r", format=fmt) as container:
+        if not container.streams.audio:
+            return 0.0, True, None
+        stream = container.streams.audio[0]
+        declared: float | None = None
+        if stream.duration is not None and stream.time_base is not None:
+            declared = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            declared = container.duration / av.time_base
+        seconds = 0.0
+        for frame in container.decode(stream):
+            rate = frame.sample_rate or stream.rate
+            if not rate:
+                continue
+            seconds += frame.samples / rate
+            if seconds > stop_after:
+                return seconds, False, declared
+        return seconds, True, declared

@@ -9,14 +9,16 @@
 
 Every user-facing failure is a `ServiceError` whose message names the request field.
 
-SSRF guard. Unless `allow_private` is set (WANSERVE_ALLOW_PRIVATE_MEDIA_URLS=1), the host of every hop (the first
-URL and each redirect target) is resolved once with `socket.getaddrinfo`; if ANY answer is a loopback, private,
-link-local, shared (CGNAT), multicast, reserved, unspecified or cloud-metadata address (IPv4-mapped, 6to4, Teredo,
-NAT64 and IPv4-compatible IPv6 forms included), the URL is refused before any connection is made. The request is
-then sent to the checked IP itself (the URL's host is replaced by the IP, the `Host` header keeps the original
-name and, for https, the TLS SNI and certificate check use the original name through httpx's `sni_hostname`
-request extension), so a DNS answer that changes between the check and the connection (DNS rebinding) cannot
-redirect the download. Environment proxies are ignored (`trust_env=False`) for the same reason.
+SSRF guard. Unless `allow_private` is set (callers pass the `allow_private_media_urls` setting:
+WANSERVE_ALLOW_PRIVATE_MEDIA_URLS=1 or `allow_private_media_urls = true` in the config file), the host of
+every hop (the first URL and each redirect target) is resolved once with `socket.getaddrinfo`; if ANY answer
+is a loopback, private, link-local, shared (CGNAT), multicast, reserved, unspecified or cloud-metadata address
+(IPv4-mapped, 6to4, Teredo, NAT64 and IPv4-compatible IPv6 forms included), the URL is refused before any
+connection is made. The request is then sent to the checked IP itself (the URL's host is replaced by the IP,
+the `Host` header keeps the original name and, for https, the TLS SNI and certificate check use the original
+name through httpx's `sni_hostname` request extension), so a DNS answer that changes between the check and the
+connection (DNS rebinding) cannot redirect the download. Environment proxies are ignored (`trust_env=False`)
+for the same reason.
 """
 
 from __future__ import annotations
@@ -24,29 +26,26 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
-import os
 import re
 import socket
 import time
 from collections.abc import Callable
-from pathlib import Path
+from typing import Literal
 
 import httpx
 
 from wanserve.errors import Code, ServiceError
 
 __all__ = [
-    "ALLOW_PRIVATE_ENV",
     "OssResolver",
     "address_is_forbidden",
     "fetch_media",
-    "private_urls_allowed_from_env",
 ]
 
-OssResolver = Callable[[str], Path]
-"""Given the key after "oss://", returns the local file path, or raises ServiceError."""
-
-ALLOW_PRIVATE_ENV = "WANSERVE_ALLOW_PRIVATE_MEDIA_URLS"
+UrlForm = Literal["http", "data", "oss"]
+OssResolver = Callable[[str, int], bytes]
+"""Given the key after "oss://" and a size cap, returns up to cap + 1 bytes of the upload; raises
+ServiceError when the key is not the caller's, OSError when the file cannot be read."""
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -62,14 +61,19 @@ _IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _HOSTNAME_RE = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?")
 _PRIVATE_REFUSED_HINT = (
-    "such URLs are refused. Use a public URL, upload the file (oss://), or set "
-    f"{ALLOW_PRIVATE_ENV}=1 for private deployments."
+    "such URLs are refused. Use a public URL, upload the file (oss://), or, for private deployments, set "
+    "WANSERVE_ALLOW_PRIVATE_MEDIA_URLS=1 or allow_private_media_urls = true in the config file."
 )
 
 
-def private_urls_allowed_from_env() -> bool:
-    """True when WANSERVE_ALLOW_PRIVATE_MEDIA_URLS is "1", "true", "yes" or "on" (any case)."""
-    return os.environ.get(ALLOW_PRIVATE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+URL_FORMS: dict[str, UrlForm] = {"http://": "http", "https://": "http", "data:": "data", "oss://": "oss"}
+URL_PATTERN = "^(" + "|".join(re.escape(prefix) for prefix in URL_FORMS) + ")"  # for schemas
+
+
+def url_form(url: str) -> UrlForm | None:
+    """Which of the accepted URL forms `url` is (case-insensitive scheme), or None."""
+    lowered = url.strip().lower()
+    return next((form for prefix, form in URL_FORMS.items() if lowered.startswith(prefix)), None)
 
 
 def fetch_media(
@@ -93,12 +97,12 @@ def fetch_media(
             Code.INVALID_PARAMETER, f"{field}: the URL is empty. Send an http(s), data: or oss:// URL."
         )
     url = url.strip()
-    lowered = url.lower()
-    if lowered.startswith("data:"):
+    form = url_form(url)
+    if form == "data":
         return _decode_data_url(url, field=field, max_bytes=max_bytes)
-    if lowered.startswith("oss://"):
+    if form == "oss":
         return _read_oss(url[len("oss://") :], field=field, max_bytes=max_bytes, oss_resolver=oss_resolver)
-    if lowered.startswith(("http://", "https://")):
+    if form == "http":
         return _download(
             url,
             field=field,
@@ -170,10 +174,8 @@ def _read_oss(key: str, *, field: str, max_bytes: int, oss_resolver: OssResolver
             Code.INVALID_PARAMETER,
             f"{field}: the oss:// URL has no key. Send the oss:// URL the upload returned.",
         )
-    path = Path(oss_resolver(key))
     try:
-        with path.open("rb") as fh:
-            data = fh.read(max_bytes + 1)
+        data = oss_resolver(key, max_bytes)
     except OSError:
         raise ServiceError(
             Code.INVALID_URL,

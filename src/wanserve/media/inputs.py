@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from wanserve.errors import Code, ServiceError
+from wanserve.media.audio import decoded_seconds
 
 __all__ = [
     "LEGACY_AUDIO_LIMITS",
@@ -281,7 +282,7 @@ def check_audio(data: bytes, limits: AudioLimits, *, field: str) -> float:
     )
     stop_after = limits.max_seconds + _DURATION_TOLERANCE_S + 1.0
     try:
-        decoded, complete, declared = _decoded_seconds(data, fmt, stop_after)
+        decoded, complete, declared = decoded_seconds(data, fmt, stop_after)
     except av.FFmpegError:
         raise undecodable from None
     except (OSError, ValueError, IndexError, EOFError):
@@ -306,29 +307,6 @@ def check_audio(data: bytes, limits: AudioLimits, *, field: str) -> float:
             f"duration must be within {allowed}. Trim the audio.",
         )
     return round(duration, 3)
-
-
-def _decoded_seconds(data: bytes, fmt: str, stop_after: float) -> tuple[float, bool, float | None]:
-    """Decode the first audio stream; returns (seconds decoded, whether the whole stream was decoded, the
-    container's declared duration or None). Stops once `stop_after` seconds have been decoded."""
-    with av.open(io.BytesIO(data), mode="r", format=fmt) as container:
-        if not container.streams.audio:
-            return 0.0, True, None
-        stream = container.streams.audio[0]
-        declared: float | None = None
-        if stream.duration is not None and stream.time_base is not None:
-            declared = float(stream.duration * stream.time_base)
-        elif container.duration is not None:
-            declared = container.duration / av.time_base
-        seconds = 0.0
-        for frame in container.decode(stream):
-            rate = frame.sample_rate or stream.rate
-            if not rate:
-                continue
-            seconds += frame.samples / rate
-            if seconds > stop_after:
-                return seconds, False, declared
-        return seconds, True, declared
 
 
 def _mb(n_bytes: int) -> str:

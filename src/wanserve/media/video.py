@@ -26,6 +26,7 @@ import numpy as np
 
 from wanserve.errors import Code, ServiceError
 from wanserve.media import watermark as _wm
+from wanserve.media.audio import decoded_seconds
 
 X264_PRESET = "veryfast"
 X264_CRF = 23
@@ -71,17 +72,10 @@ def audio_duration(data: bytes) -> float:
 
     Raises `ServiceError(Code.FILE_FORMAT, ...)` when it cannot be decoded or holds no audio.
     """
-    container = _open_audio(data)
     try:
-        stream = container.streams.audio[0]
-        seconds = 0.0
-        for frame in container.decode(stream):
-            if frame.sample_rate:
-                seconds += frame.samples / frame.sample_rate
-    except (av.FFmpegError, ValueError) as exc:
+        seconds, _, _ = decoded_seconds(data)
+    except (av.FFmpegError, ValueError, OSError) as exc:
         raise ServiceError(Code.FILE_FORMAT, _AUDIO_ERROR) from exc
-    finally:
-        container.close()
     if seconds <= 0:
         raise ServiceError(Code.FILE_FORMAT, _NO_AUDIO)
     return seconds
@@ -219,7 +213,7 @@ def encode_mp4(
     seconds. With `watermark` the "AI生成" label is stamped at the bottom right of every frame.
 
     Raises ValueError for a frame of the wrong shape/dtype or a frame count other than
-    `frame_count`; ServiceError("InvalidFile.Format") for undecodable audio. Whatever is raised
+    `frame_count`; ServiceError(Code.FILE_FORMAT) for undecodable audio. Whatever is raised
     (including from the frame iterator), nothing is left at `path`.
     """
     path = Path(path)

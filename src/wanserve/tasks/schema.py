@@ -6,9 +6,41 @@ Changing a table means a new Alembic revision in tasks/migrations/versions.
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, BigInteger, Column, ForeignKey, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+from .states import STORED, TERMINAL, TaskStatus
 
 metadata = MetaData()
+
+
+def _quoted(states) -> str:
+    return ", ".join(f"'{s}'" for s in sorted(states))
+
+
+_TERMINAL = _quoted(TERMINAL)
+# The state machine's invariants (tasks/states.py), enforced by the database (migration 0002).
+TASK_CHECKS: dict[str, str] = {
+    "ck_tasks_status": f"status IN ({_quoted(STORED)})",
+    "ck_tasks_end_iff_terminal": f"(status IN ({_TERMINAL}) AND end_ms IS NOT NULL) "
+                                 f"OR (status NOT IN ({_TERMINAL}) AND end_ms IS NULL)",
+    "ck_tasks_running_owned": f"status <> '{TaskStatus.RUNNING}' "
+                              "OR (worker_id IS NOT NULL AND lease_until_ms IS NOT NULL)",
+    "ck_tasks_lease_only_running": f"lease_until_ms IS NULL OR status = '{TaskStatus.RUNNING}'",
+    "ck_tasks_failed_code": f"status <> '{TaskStatus.FAILED}' OR code IS NOT NULL",
+    "ck_tasks_succeeded_result": f"status <> '{TaskStatus.SUCCEEDED}' OR result IS NOT NULL",
+}
 
 accounts = Table(
     "accounts",
@@ -44,14 +76,31 @@ tasks = Table(
     Column("end_ms", BigInteger),
     Column("code", String(64)),
     Column("message", Text),
-    Column("result", JSON),  # {"path", "usage", "actual_prompt"} once SUCCEEDED
-    Column("progress", JSON),  # {"done", "total", "eta_s"} while RUNNING
+    # None is SQL NULL here (not JSON null), so "SUCCEEDED => result" means a real result
+    Column("result", JSON(none_as_null=True)),  # {"path", "usage", "actual_prompt"} once SUCCEEDED
+    Column("progress", JSON(none_as_null=True)),  # {"done", "total", "eta_s"} while RUNNING
     Column("worker_id", String(64)),
     Column("lease_until_ms", BigInteger),
     Column("attempts", Integer, nullable=False, default=0),
+    *(CheckConstraint(sql, name=name) for name, sql in TASK_CHECKS.items()),
 )
 Index("ix_tasks_status_submit", tasks.c.status, tasks.c.submit_ms)
 Index("ix_tasks_account_submit", tasks.c.account_id, tasks.c.submit_ms)
+
+# One row per failed attempt of a task (a worker's fail(), or a lease lost because its worker stopped
+# responding), kept as long as the task; the task row itself holds only the final outcome.
+task_failures = Table(
+    "task_failures",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("task_id", String(36), ForeignKey("tasks.id"), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("worker_id", String(64)),
+    Column("code", String(64), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("at_ms", BigInteger, nullable=False),
+)
+Index("ix_task_failures_task", task_failures.c.task_id)
 
 uploads = Table(
     "uploads",

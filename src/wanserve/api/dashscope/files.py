@@ -1,17 +1,20 @@
-"""Result videos behind signed, expiring URLs (HMAC; see storage.local)."""
+"""Result videos behind signed, expiring URLs, for storage that serves its own files (local disk)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import StreamingResponse
 
+from ...storage.base import chunks
+from ..deps import services
 from .schemas import errors
-from ..deps import services as _services
 
 router = APIRouter()
 
 
-@router.get("/files/results/{name}", response_class=FileResponse, responses=errors(403, 404))
-def get_result(name: str, request: Request, Expires: str = "", Signature: str = "") -> FileResponse:
-    path = _services(request).storage.check_signature(name, Expires, Signature)
-    return FileResponse(path, media_type="video/mp4")
+@router.get("/files/results/{name}", response_class=StreamingResponse, responses=errors(403, 404))
+def get_result(name: str, request: Request, Expires: str = "", Signature: str = "") -> StreamingResponse:
+    fh = services(request).storage.open_signed_result(name, Expires, Signature)
+    size = fh.seek(0, 2)
+    fh.seek(0)
+    return StreamingResponse(chunks(fh), media_type="video/mp4", headers={"Content-Length": str(size)})

@@ -20,8 +20,9 @@ import secrets
 from typing import Any, Literal
 
 from ...catalog.models import NEG_PROMPT_MAX, ModelSpec, find_model, size_tier
-from ...generation.request import GenerationRequest, MediaInput
 from ...errors import Code, ServiceError, invalid_parameter
+from ...generation.request import GenerationRequest, MediaInput
+from ...media.fetch import url_form
 
 SEED_MAX = 2147483647
 MEDIA_COMBINATIONS = {
@@ -64,14 +65,14 @@ def _get_int(params: dict, key: str) -> int | None:
 
 def _check_url(url: str, field: str, oss_resolve: bool) -> str:
     url = url.strip()
-    lowered = url.lower()
-    if lowered.startswith(("http://", "https://")):
+    form = url_form(url)
+    if form == "http":
         return url
-    if lowered.startswith("data:"):
+    if form == "data":
         if ";base64," not in url:
             raise invalid_parameter(f"{field}: a data: URL must look like data:<mime>;base64,<data>.")
         return url
-    if lowered.startswith("oss://"):
+    if form == "oss":
         if not oss_resolve:
             raise ServiceError(
                 Code.DATA_INSPECTION,

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ...catalog.models import all_names
+from ...media.fetch import URL_PATTERN
 
 TaskStatus = Literal["PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELED", "UNKNOWN"]
 
@@ -20,7 +21,6 @@ class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
-URL_PATTERN = r"^(https?://|data:|oss://)"
 
 
 class MediaItem(_Open):
@@ -117,6 +117,19 @@ class ListItem(_Open):
     end_time: int | None = None
 
 
+class SdkJobItem(_Open):
+    """A `tasks[]` item: the fields of GET /tasks/{task_id} `output` that a list can give (no video_url)."""
+
+    task_id: str
+    task_status: TaskStatus
+    submit_time: str = Field(description='Display time zone, "YYYY-MM-DD hh:mm:ss.SSS"')
+    scheduled_time: str | None = Field(None, description="Absent until a worker takes the task")
+    end_time: str | None = Field(None, description="Absent until the task ends")
+    model_name: str
+    code: str | None = Field(None, description="FAILED only")
+    message: str | None = Field(None, description="FAILED only")
+
+
 class ListResponse(BaseModel):
     request_id: str
     total: int
@@ -124,7 +137,8 @@ class ListResponse(BaseModel):
     page_no: int
     page_size: int
     data: list[ListItem]
-    tasks: list[ListItem] = Field(description="The same items as data, for the v2 SDK client")
+    tasks: list[SdkJobItem] = Field(description="The same tasks as data, in the task-query shape the "
+                                    "dashscope 2.x client (Client().videos.jobs.list) parses")
 
 
 class RequestIdOnly(BaseModel):

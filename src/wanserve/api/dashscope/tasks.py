@@ -11,14 +11,13 @@ from starlette.concurrency import run_in_threadpool
 
 from ...accounts.keys import Caller
 from ...errors import Code, ServiceError, invalid_parameter
-from .normalize import normalize
-from ...services import Services
 from ...tasks.db import now_ms
-from ...tasks.store import STATUSES, UNKNOWN
+from ...tasks.states import TaskStatus
 from ..deps import CallerDep, public_base, request_id
 from ..deps import services as _services
+from .normalize import normalize
 from .schemas import CreateResponse, ListResponse, RequestIdOnly, TaskResponse, errors
-from .views import display_zone, list_item, task_body, unknown_output
+from .views import display_zone, list_item, sdk_job_item, task_body, unknown_output
 
 router = APIRouter()
 AsyncHeader = Annotated[str | None, Header(alias="X-DashScope-Async", description="Must be `enable`")]
@@ -29,11 +28,6 @@ CREATE_DOC: dict[str, Any] = {
     "openapi_extra": {"requestBody": {"required": True, "content": {
         "application/json": {"schema": {"$ref": "#/components/schemas/CreateBody"}}}}},
 }
-
-
-def _alive_since(services: Services) -> int:
-    """Tasks that ended before this are past their 24 h lifetime and answer UNKNOWN."""
-    return now_ms() - services.settings.task_ttl_seconds * 1000
 
 
 def _reject_constant(name: str) -> Any:
@@ -86,10 +80,14 @@ async def create_image2video(request: Request, caller: CallerDep, x_dashscope_as
             responses=errors(401))
 def get_task(task_id: str, request: Request, caller: CallerDep) -> dict[str, Any]:
     services = _services(request)
-    task = services.store.get(task_id, caller.account_id, alive_since_ms=_alive_since(services))
+    task = services.store.get(task_id, caller.account_id, alive_only=True)
     if task is None:
         return {"request_id": request_id(request), "output": unknown_output(task_id)}
-    body = task_body(task, settings=services.settings, storage=services.storage, base_url=public_base(request))
+    video_url = None
+    if task["status"] == TaskStatus.SUCCEEDED:
+        expires = (task["end_ms"] + services.store.ttl_ms) // 1000  # the URL lives as long as the task
+        video_url = services.storage.result_url(task["id"], public_base(request), expires)
+    body = task_body(task, zone=display_zone(services.settings), video_url=video_url)
     return {"request_id": request_id(request), **body}
 
 
@@ -122,16 +120,17 @@ def list_tasks(request: Request, caller: CallerDep,
         end = start + day
     if end < start or end - start > day:
         raise invalid_parameter("start_time and end_time must span at most 24 hours, end after start.")
-    if status and status.upper() not in (*STATUSES, UNKNOWN):
-        raise invalid_parameter(f"status must be one of {', '.join((*STATUSES, UNKNOWN))}; got {status!r}.")
+    statuses = list(TaskStatus)
+    if status and status.upper() not in statuses:
+        raise invalid_parameter(f"status must be one of {', '.join(statuses)}; got {status!r}.")
     services = _services(request)
-    total, rows = services.store.list(caller.account_id, start_ms=start, end_ms=end,
-                                      alive_since_ms=_alive_since(services), model=model_name,
+    total, rows = services.store.list(caller.account_id, start_ms=start, end_ms=end, model=model_name,
                                       status=status.upper() if status else None, task_id=task_id,
                                       page_no=page_no, page_size=page_size)
     data = [list_item(r) for r in rows]
     return {"request_id": request_id(request), "total": total, "total_page": -(-total // page_size),
-            "page_no": page_no, "page_size": page_size, "data": data, "tasks": data}
+            "page_no": page_no, "page_size": page_size, "data": data,
+            "tasks": [sdk_job_item(r, display_zone(services.settings)) for r in rows]}
 
 
 @router.post("/tasks/{task_id}/cancel", response_model=RequestIdOnly, responses=errors(400, 401))

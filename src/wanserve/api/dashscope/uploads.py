@@ -13,17 +13,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Request
-from sqlalchemy import insert
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from ...catalog.models import find_model
 from ...errors import Code, ServiceError, invalid_parameter
-from ...tasks.db import now_ms
-from ...tasks.schema import uploads
-from .schemas import PolicyResponse, RequestIdOnly, errors
 from ..deps import CallerDep, public_base, request_id
 from ..deps import services as _services
+from .schemas import PolicyResponse, RequestIdOnly, errors
 
 router = APIRouter()
 
@@ -40,7 +37,7 @@ def get_policy(request: Request, caller: CallerDep, action: str = "", model: str
     expires = int(time.time()) + s.upload_policy_seconds
     day = datetime.now(UTC).strftime("%Y-%m-%d")
     upload_dir = f"dashscope-instant/{secrets.token_hex(8)}/{day}/{secrets.token_hex(8)}"
-    policy, signature = _services(request).storage.make_policy(
+    policy, signature = _services(request).uploads.make_policy(
         caller.account_id, model, upload_dir, expires, s.upload_max_mb * 2**20)
     return {"request_id": request_id(request), "data": {
         "policy": policy, "signature": signature, "upload_dir": upload_dir,
@@ -61,21 +58,11 @@ async def upload(request: Request) -> dict[str, Any]:
         raise invalid_parameter("The form needs the fields policy, Signature and key from GET /uploads, then file.")
     if not isinstance(file, UploadFile):
         raise invalid_parameter("The form needs a file field (sent last).")
-    doc = services.storage.open_policy(policy, signature)
+    doc = services.uploads.open_policy(policy, signature)
     if not key.startswith(doc["dir"] + "/") or key.count("/") != doc["dir"].count("/") + 1:
         raise ServiceError(Code.ACCESS_DENIED, f"key must be {doc['dir']}/<file name>, as the policy allows.")
     data = await file.read(doc["max_bytes"] + 1)
     if len(data) > doc["max_bytes"]:
         raise ServiceError(Code.ENTITY_TOO_LARGE, f"The file is larger than {doc['max_bytes'] // 2**20} MB.")
-    path = services.storage.upload_path(key)
-    if path.exists():
-        raise ServiceError(Code.FILE_EXISTS, "The object already exists; request a new policy.")
-
-    def save() -> None:
-        services.storage.save_upload(key, data)
-        with services.db.begin() as conn:
-            conn.execute(insert(uploads).values(key=key, account_id=doc["account"], model=doc["model"],
-                                                size=len(data), created_ms=now_ms()))
-
-    await run_in_threadpool(save)
+    await run_in_threadpool(services.uploads.save, key, doc["account"], doc["model"], data)
     return {"request_id": request_id(request)}

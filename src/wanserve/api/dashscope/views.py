@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from ...catalog.models import find_model
 from ...config import Settings
-from ...storage.local import LocalStorage
-from ...tasks.store import FAILED, RUNNING, SUCCEEDED, UNKNOWN
+from ...tasks.states import TaskStatus
 
 
 def display_zone(settings: Settings) -> timezone:
@@ -21,12 +21,11 @@ def format_time(ms: int | None, zone: timezone) -> str | None:
 
 
 def unknown_output(task_id: str) -> dict[str, Any]:
-    return {"task_id": task_id, "task_status": UNKNOWN}
+    return {"task_id": task_id, "task_status": TaskStatus.UNKNOWN}
 
 
-def task_body(task: dict[str, Any], *, settings: Settings, storage: LocalStorage, base_url: str) -> dict[str, Any]:
-    """`output` (and `usage` for SUCCEEDED) of GET /tasks/{id}."""
-    zone = display_zone(settings)
+def task_body(task: dict[str, Any], *, zone: timezone, video_url: str | None) -> dict[str, Any]:
+    """`output` (and `usage` for SUCCEEDED) of GET /tasks/{id}; `video_url` for a SUCCEEDED task."""
     status = task["status"]
     out: dict[str, Any] = {"task_id": task["id"], "task_status": status,
                            "submit_time": format_time(task["submit_ms"], zone)}
@@ -35,21 +34,37 @@ def task_body(task: dict[str, Any], *, settings: Settings, storage: LocalStorage
     if task["end_ms"] is not None:
         out["end_time"] = format_time(task["end_ms"], zone)
     body: dict[str, Any] = {"output": out}
-    if status == RUNNING and task["progress"]:
+    if status == TaskStatus.RUNNING and task["progress"]:
         out["progress"] = task["progress"]  # extension; the SDK keeps unknown output keys
-    elif status == FAILED:
+    elif status == TaskStatus.FAILED:
         out["code"] = task["code"]
         out["message"] = task["message"]
-    elif status == SUCCEEDED:
-        result = task["result"]
-        expires = task["end_ms"] // 1000 + settings.task_ttl_seconds
-        name = f"{task['id']}.mp4"
-        out["video_url"] = f"{base_url.rstrip('/')}/files/results/{name}?{storage.signed_query(name, expires)}"
-        out["orig_prompt"] = task["request"]["prompt"]
-        if result.get("actual_prompt") is not None:
-            out["actual_prompt"] = result["actual_prompt"]
-        body["usage"] = result["usage"]
+    elif status == TaskStatus.SUCCEEDED:
+        request, result = task["request"], task["result"]
+        spec = find_model(request["model"])
+        out["video_url"] = video_url
+        out["orig_prompt"] = request["prompt"]
+        if spec is not None and spec.returns_actual_prompt and request["prompt_extend"]:
+            out["actual_prompt"] = result.get("prompt", result.get("actual_prompt"))
+        # rows stored before usage was computed at read time carry their own
+        body["usage"] = result["usage"] if "usage" in result else usage(spec.usage if spec else "v27", request, result)
     return body
+
+
+def usage(family: str, request: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    """Billing keys per model family (contract 5.2), from the task's neutral facts. A continuation
+    bills the whole output; its input clip's length is reported as input_video_duration."""
+    duration, width, height = request["duration"], result["width"], result["height"]
+    if family == "legacy_size":
+        return {"video_count": 1, "video_duration": duration, "video_ratio": f"{width}*{height}"}
+    if family == "legacy_standard":
+        return {"video_count": 1, "video_duration": duration, "video_ratio": "standard"}
+    clip = round(result["input_video_seconds"], 2) if result["input_video_seconds"] else 0
+    out = {"duration": duration, "input_video_duration": clip, "output_video_duration": duration - clip,
+           "video_count": 1, "SR": int(request["resolution"].rstrip("P"))}
+    if family == "v26":
+        out["size"] = f"{width}*{height}"
+    return out
 
 
 def list_item(task: dict[str, Any]) -> dict[str, Any]:
@@ -68,4 +83,20 @@ def list_item(task: dict[str, Any]) -> dict[str, Any]:
     }
     if task["end_ms"] is not None:
         item["end_time"] = task["end_ms"]
+    return item
+
+
+def sdk_job_item(task: dict[str, Any], zone: timezone) -> dict[str, Any]:
+    """An item of GET /tasks `tasks[]`: the task-query shape the dashscope 2.x client parses each item
+    into (`dashscope.v2.resources._jobs.Job`: `task_id`, `task_status`, and string times, which its
+    pydantic model refuses as integers), built from the same row as the contract's `data[]` item."""
+    item: dict[str, Any] = {"task_id": task["id"], "task_status": task["status"],
+                            "submit_time": format_time(task["submit_ms"], zone), "model_name": task["model"]}
+    if task["scheduled_ms"] is not None:
+        item["scheduled_time"] = format_time(task["scheduled_ms"], zone)
+    if task["end_ms"] is not None:
+        item["end_time"] = format_time(task["end_ms"], zone)
+    if task["status"] == TaskStatus.FAILED:
+        item["code"] = task["code"]
+        item["message"] = task["message"]
     return item

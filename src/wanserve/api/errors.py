@@ -1,0 +1,53 @@
+"""Every error an HTTP request can end in, turned into (code, message, status) once, then written
+as the body of the API flavour that owns the request's path (`Flavour.error_response`)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..errors import Code, ServiceError
+
+log = logging.getLogger("wanserve.api")
+
+ErrorWriter = Callable[[Request, Code, str, int | None], JSONResponse]
+"""A flavour's error body writer: (request, code, message, status or None for the flavour's own)."""
+
+
+def install_error_handlers(app: FastAPI, writers: Sequence[tuple[str, ErrorWriter]]) -> None:
+    """`writers`: (path prefix, writer) per flavour; the first is the default for other paths."""
+
+    def write(request: Request, code: Code, message: str, status: int | None = None) -> JSONResponse:
+        path = request.url.path
+        writer = next((w for prefix, w in writers if path.startswith(prefix)), writers[0][1])
+        return writer(request, code, message, status)
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        return write(request, exc.code, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "body"))
+        return write(request, Code.INVALID_PARAMETER, f"{where}: {first.get('msg', 'invalid value')}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            return write(request, Code.NOT_FOUND, f"Not found! No endpoint {request.method} {request.url.path}.")
+        if exc.status_code == 405:
+            return write(request, Code.INVALID_PARAMETER,
+                         f"Method {request.method} is not allowed on {request.url.path}.", 405)
+        return write(request, Code.INVALID_PARAMETER, str(exc.detail), exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return write(request, Code.INTERNAL, "An internal error has occured, please try again later or contact "
+                     "service support.")

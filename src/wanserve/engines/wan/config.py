@@ -1,0 +1,164 @@
+"""One [models."<public name>"] table with engine = "wan": parsed and checked at start
+(`WanModelConfig.parse`), never at a task."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ...catalog.models import find_model
+from ..base import EngineConfigError
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+OFFLOAD_MODES = ("none", "model", "sequential")
+CACHE_TYPES = ("first_block", "taylorseer")
+
+@dataclass(frozen=True)
+class TemplateConfig:
+    name: str
+    lora: Path
+    prompt: str
+    scale: float = 1.0
+    lora_2: Path | None = None  # for two-expert checkpoints: the low-noise expert's adapter (default: lora)
+
+
+@dataclass(frozen=True)
+class WanModelConfig:
+    """One [models."<public name>"] table with engine = "wan"."""
+
+    model: str  # canonical public model name
+    checkpoint: Path
+    num_inference_steps: int = 50
+    dtype: str | None = None  # default: bfloat16 on CUDA, float32 on CPU
+    device: str | None = None  # default: cuda if available, else cpu
+    offload: str = "none"
+    attention_backend: str | None = None
+    guidance_scale: float | None = None  # None: the pipeline's default (5.0)
+    guidance_scale_2: float | None = None  # two-expert checkpoints: the low-noise expert's guidance
+    flow_shift: float | None = None  # None: the checkpoint scheduler's own
+    native_fps: float | None = None  # None: 24 for TI2V-5B (expand_timesteps), else 16
+    cache: tuple[tuple[str, Any], ...] | None = None  # ("type", "first_block"), ("threshold", 0.05) ...
+    templates: dict[str, TemplateConfig] = field(default_factory=dict)
+
+    KEYS = ("engine", "checkpoint", "num_inference_steps", "dtype", "device", "offload", "attention_backend",
+            "guidance_scale", "guidance_scale_2", "flow_shift", "native_fps", "cache", "templates")
+    TEMPLATE_KEYS = ("lora", "lora_2", "prompt", "scale")
+
+    @classmethod
+    def parse(cls, name: str, table: dict[str, Any]) -> WanModelConfig:
+        where = f"[models.{name!r}]"
+        spec = find_model(name)
+        if spec is None:
+            raise EngineConfigError(f"{where}: {name!r} is not a public model name (see `wanserve models`).")
+        if not isinstance(table, dict):
+            raise EngineConfigError(f"{where} must be a table.")
+        unknown = sorted(set(table) - set(cls.KEYS))
+        if unknown:
+            raise EngineConfigError(f"{where}: unknown keys {unknown}; known keys: {list(cls.KEYS)}.")
+
+        def get(key: str, types: tuple[type, ...], default: Any = None, check=None, hint: str = "") -> Any:
+            if key not in table:
+                return default
+            value = table[key]
+            if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+                raise EngineConfigError(f"{where}: {key} = {value!r} must be {hint or types[0].__name__}.")
+            if check is not None and not check(value):
+                raise EngineConfigError(f"{where}: {key} = {value!r} must be {hint}.")
+            return value
+
+        checkpoint = get("checkpoint", (str,), hint="a directory path")
+        if not checkpoint:
+            raise EngineConfigError(f"{where}: checkpoint = \"/path/to/Wan-Diffusers-dir\" is required.")
+        number = (int, float)
+        dtype = get("dtype", (str,), check=lambda v: v in DTYPES, hint=f"one of {list(DTYPES)}")
+        device = get("device", (str,), check=lambda v: re.fullmatch(r"cpu|cuda(:\d+)?", v) is not None,
+                     hint="\"cuda\", \"cuda:N\" or \"cpu\"")
+        cache = get("cache", (str, dict), hint=f"one of {list(CACHE_TYPES)} or a table {{type = ..., ...}}")
+        if cache is not None:
+            cache = {"type": cache} if isinstance(cache, str) else dict(cache)
+            if cache.get("type") not in CACHE_TYPES:
+                raise EngineConfigError(f"{where}: cache type {cache.get('type')!r} must be one of "
+                                        f"{list(CACHE_TYPES)}.")
+            if not all(isinstance(v, (str, int, float)) for v in cache.values()):
+                raise EngineConfigError(f"{where}: cache options must be numbers or strings, got {cache}.")
+            cache = tuple(sorted(cache.items()))
+        templates_table = get("templates", (dict,), default={},
+                              hint="a table of [models.\"...\".templates.NAME]")
+        templates: dict[str, TemplateConfig] = {}
+        for tname, tcfg in templates_table.items():
+            twhere = f"[models.{name!r}.templates.{tname!r}]"
+            if tname not in spec.templates:
+                raise EngineConfigError(f"{twhere}: {spec.name} has no template {tname!r}; its templates "
+                                        f"are: {', '.join(spec.templates) or 'none'}.")
+            if not isinstance(tcfg, dict):
+                raise EngineConfigError(f"{twhere} must be a table with lora, prompt and optional scale.")
+            unknown = sorted(set(tcfg) - set(cls.TEMPLATE_KEYS))
+            if unknown:
+                raise EngineConfigError(f"{twhere}: unknown keys {unknown}; known keys: "
+                                        f"{list(cls.TEMPLATE_KEYS)}.")
+            lora, prompt = tcfg.get("lora"), tcfg.get("prompt")
+            if not isinstance(lora, str) or not lora:
+                raise EngineConfigError(f"{twhere}: lora = \"/path/to/adapter.safetensors\" is required.")
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise EngineConfigError(f"{twhere}: prompt = \"...\" is required (it replaces the request's "
+                                        "prompt).")
+            scale = tcfg.get("scale", 1.0)
+            if isinstance(scale, bool) or not isinstance(scale, number):
+                raise EngineConfigError(f"{twhere}: scale = {scale!r} must be a number.")
+            lora_2 = tcfg.get("lora_2")
+            if lora_2 is not None and (not isinstance(lora_2, str) or not lora_2):
+                raise EngineConfigError(f"{twhere}: lora_2 must be a file path.")
+            paths = [Path(p).expanduser() for p in (lora, lora_2) if p]
+            for p in paths:
+                if not p.is_file():
+                    raise EngineConfigError(f"{twhere}: LoRA file {str(p)!r} does not exist "
+                                            f"(model {spec.name}).")
+            templates[tname] = TemplateConfig(tname, paths[0], prompt.strip(), float(scale),
+                                              paths[1] if len(paths) > 1 else None)
+        return cls(
+            model=spec.name,
+            checkpoint=Path(checkpoint).expanduser(),
+            num_inference_steps=get("num_inference_steps", (int,), 50, lambda v: 1 <= v <= 1000,
+                                    "an integer 1-1000"),
+            dtype=dtype,
+            device=device,
+            offload=get("offload", (str,), "none", lambda v: v in OFFLOAD_MODES,
+                        f"one of {list(OFFLOAD_MODES)}"),
+            attention_backend=get("attention_backend", (str,), hint="a diffusers attention backend name"),
+            guidance_scale=_float(get("guidance_scale", number, None, lambda v: v >= 0, "a number >= 0")),
+            guidance_scale_2=_float(get("guidance_scale_2", number, None, lambda v: v >= 0, "a number >= 0")),
+            flow_shift=_float(get("flow_shift", number, None, lambda v: v > 0, "a number > 0")),
+            native_fps=_float(get("native_fps", number, None, lambda v: 0 < v <= 120,
+                                  "a number in (0, 120]")),
+            cache=cache,
+            templates=templates,
+        )
+
+    def resolved_device(self) -> torch.device:
+        if self.device is None:
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = torch.device(self.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise EngineConfigError(f"[models.{self.model!r}]: device = {self.device!r} but no CUDA device "
+                                    "is available to this process; use device = \"cpu\" or run on a GPU "
+                                    "machine.")
+        return device
+
+    def resolved_dtype(self, device: torch.device) -> torch.dtype:
+        if self.dtype is not None:
+            return DTYPES[self.dtype]
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+    def load_key(self) -> tuple:
+        """Models whose tables agree on these share one loaded pipeline."""
+        device = self.resolved_device()
+        return (str(self.checkpoint.resolve()), str(device), str(self.resolved_dtype(device)), self.offload,
+                self.attention_backend, self.cache)
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)

@@ -1,0 +1,83 @@
+"""One task, start to finish, as numbered steps (in the manner of a diffusers pipeline's `__call__`).
+
+The worker hands a claimed task's request here and records what comes back; the pipeline knows
+nothing of leases, HTTP or billing. It returns neutral facts (sizes, seconds, engine, prompt used)
+from which an API flavour derives its own view (DashScope's `usage`, for one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..catalog.models import find_model
+from ..engines import EngineSet
+from ..engines.base import Engine, RenderJob
+from ..media.audio import ambient_wav
+from ..media.video import encode_mp4
+from ..storage.base import Storage
+from ..storage.uploads import UploadStore
+from .continuation import continue_clip
+from .inputs import Inputs, fetch_inputs
+from .plan import plan
+from .request import GenerationRequest
+
+
+class TaskContext(Protocol):
+    """What the pipeline may ask of whoever runs it: both calls may raise TaskCanceled or LeaseLost."""
+
+    def check(self) -> None: ...
+
+    def progress(self, done: int, total: int) -> None: ...
+
+
+class GenerationPipeline:
+    def __init__(self, engines: EngineSet, storage: Storage, uploads: UploadStore, *,
+                 allow_private_urls: bool = False) -> None:
+        self.engines, self.storage, self.uploads = engines, storage, uploads
+        self.allow_private_urls = allow_private_urls
+
+    def __call__(self, task_id: str, account_id: str, req: GenerationRequest, ctx: TaskContext) -> dict[str, Any]:
+        spec = find_model(req.model)
+        assert spec is not None, req.model  # the normaliser stored a canonical catalog name
+        # 1. fetch and check the inputs (oss:// keys resolve to the task's own account's uploads)
+        inputs = fetch_inputs(req, spec, resolver=self.uploads.resolver(account_id),
+                              allow_private=self.allow_private_urls, check=ctx.check)
+        # 2. plan: output size, frame count, job kind, shots
+        job = plan(req, inputs)
+        # 3. render (lazily: frames stream into the encoder)
+        engine = self.engines.for_model(req.model)
+        frames = self.render(engine, job, inputs, ctx)
+        # 4. sound
+        audio = soundtrack(req, inputs)
+        # 5. encode, then 6. store the result
+        with self.storage.temp_result(task_id) as tmp:
+            encode_mp4(frames, tmp, width=job.width, height=job.height, fps=job.fps, frame_count=job.frame_count,
+                       audio=audio, watermark=req.watermark)
+            ctx.check()
+            self.storage.put_result(task_id, tmp)
+        return {"width": job.width, "height": job.height, "fps": job.fps, "frame_count": job.frame_count,
+                "duration": req.duration, "input_video_seconds": inputs.clip.seconds if inputs.clip else 0.0,
+                "engine": engine.name, "prompt": job.prompt}
+
+    @staticmethod
+    def render(engine: Engine, job: RenderJob, inputs: Inputs, ctx: TaskContext) -> Iterator[np.ndarray]:
+        if inputs.clip is not None:
+            return continue_clip(engine, job, inputs.clip, ctx.progress)
+        return engine.render(job, ctx.progress)
+
+    def discard(self, task_id: str) -> None:
+        """Remove a stored result nobody will read (its task was canceled as it finished)."""
+        self.storage.remove_result(task_id)
+
+
+def soundtrack(req: GenerationRequest, inputs: Inputs) -> bytes | None:
+    """The caller's audio, a generated track, or none. The preview has no sound model: its generated
+    track is a quiet seeded chord (media.audio.ambient_wav)."""
+    if req.sound == "input":
+        return inputs.audio
+    if req.sound == "generate":
+        return ambient_wav(req.duration, req.seed)
+    return None

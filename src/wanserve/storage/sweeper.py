@@ -1,0 +1,63 @@
+"""Expiry and clean-up: tasks and their videos live 24 h after they end, uploads 48 h (contract
+section 7), and files nothing refers to any more (a killed worker's partial results, a result whose
+task row is gone) are removed."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+from ..tasks.states import TaskStatus
+from ..tasks.store import TaskStore
+from .base import Storage
+from .uploads import UploadStore
+
+log = logging.getLogger("wanserve.sweeper")
+
+
+@dataclass(frozen=True)
+class Swept:
+    tasks: int
+    uploads: int
+    orphans: int
+
+
+def sweep(store: TaskStore, uploads: UploadStore, storage: Storage) -> Swept:
+    task_ids = store.expire()
+    for task_id in task_ids:
+        storage.remove_result(task_id)
+    keys = uploads.expire()
+    orphans = sweep_orphans(store, storage)
+    if task_ids or keys or orphans:
+        log.info("swept %d expired tasks, %d expired uploads, %d orphaned files", len(task_ids), len(keys), orphans)
+    return Swept(len(task_ids), len(keys), orphans)
+
+
+def sweep_orphans(store: TaskStore, storage: Storage) -> int:
+    """Remove partial results of tasks no longer RUNNING (their worker died or gave up) and results
+    whose task row no longer exists."""
+    partials = list(storage.partial_results())
+    statuses = store.statuses({task_id for task_id, _ in partials})
+    removed = 0
+    for task_id, handle in partials:
+        if statuses.get(task_id) != TaskStatus.RUNNING:
+            storage.remove_partial(handle)
+            removed += 1
+    results = list(storage.result_ids())
+    known = store.statuses(set(results))
+    for task_id in results:
+        if task_id not in known:
+            storage.remove_result(task_id)
+            removed += 1
+    return removed
+
+
+def run_sweeper(store: TaskStore, uploads: UploadStore, storage: Storage, every_s: float,
+                stop: threading.Event) -> None:
+    while not stop.is_set():
+        try:
+            sweep(store, uploads, storage)
+        except Exception:  # keep sweeping next time; a failed sweep loses nothing
+            log.exception("sweep failed")
+        stop.wait(every_s)
