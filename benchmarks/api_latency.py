@@ -1,6 +1,6 @@
 """Benchmark: GET /api/v1/tasks/{id} latency on SQLite while two workers are busy.
 
-    python benchmarks/api_latency.py [--src DIR] [-n 500] [--list] [--port P] [--warmup S]
+    python benchmarks/api_latency.py [--src DIR] [-n 500] [--list] [--writer-hold-ms MS] [--port P]
 
 Starts `python -m wanserve.cli serve --workers 2` from the source tree in --src (default: this
 checkout's src/, so the same script measures any commit: make a worktree and point --src at its
@@ -8,6 +8,11 @@ src/) on a fresh data directory, keeps both workers busy with long preview rende
 1920*1080 for 15 s, plus a few image-to-video tasks) submitted continuously from a background
 thread, then times N sequential GETs of one task (and, with --list, N list calls) and prints
 p50/p95/p99/max with the machine it ran on. Only loopback is used.
+
+With --writer-hold-ms MS, another connection also takes SQLite's write lock (BEGIN IMMEDIATE) for MS
+milliseconds at a time, half of the time, standing in for a slow writer (a big sweep, a slow disk's
+fsync): a request whose reads take the write lock waits behind it, one that reads a WAL snapshot
+does not.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import platform
 import shutil
 import signal
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -83,6 +89,18 @@ def summary(name: str, ms: list[float]) -> str:
             f"p99={pct(ms, 99):7.2f} ms  max={max(ms):7.2f} ms  mean={statistics.fmean(ms):7.2f} ms")
 
 
+def hold_write_lock(db: Path, hold_ms: float, stop: threading.Event) -> None:
+    conn = sqlite3.connect(db, isolation_level=None, timeout=30)
+    try:
+        while not stop.is_set():
+            conn.execute("BEGIN IMMEDIATE")
+            time.sleep(hold_ms / 1000)
+            conn.execute("COMMIT")
+            time.sleep(hold_ms / 1000)
+    finally:
+        conn.close()
+
+
 def wait_ready(client: httpx.Client, proc: subprocess.Popen, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -110,6 +128,8 @@ def main() -> int:
     ap.add_argument("--list", action="store_true", help="also time N list calls (GET /tasks)")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--warmup", type=float, default=3.0, help="seconds of load before measuring")
+    ap.add_argument("--writer-hold-ms", type=float, default=0,
+                    help="also hold SQLite's write lock this long, half of the time, from another connection")
     ap.add_argument("--keep", action="store_true", help="keep the data directory and server log")
     args = ap.parse_args()
 
@@ -164,6 +184,10 @@ def main() -> int:
         deadline = time.monotonic() + 60
         while running_count(client) < 2 and time.monotonic() < deadline:
             time.sleep(0.2)
+        if args.writer_hold_ms:
+            db = data / "data" / "wanserve.db"
+            hold = threading.Thread(target=hold_write_lock, args=(db, args.writer_hold_ms, stop), daemon=True)
+            hold.start()
         time.sleep(args.warmup)
         busy_before = running_count(client)
 
@@ -186,7 +210,8 @@ def main() -> int:
         stop.set()
 
         print(f"machine: {machine()}; python {platform.python_version()}; {platform.platform()}")
-        print(f"src: {src}")
+        print(f"src: {src}" + (f"; another writer holds the lock {args.writer_hold_ms:g} ms of every "
+                                f"{2 * args.writer_hold_ms:g} ms" if args.writer_hold_ms else ""))
         print(f"workers busy (RUNNING tasks) before/after: {busy_before}/{busy_after}; tasks submitted: "
               f"{submitted[0]}")
         print(summary("GET /tasks/{id}", get_ms))

@@ -52,11 +52,14 @@ class Server:
         return self.base + "/api/v1"
 
     def client(self, key: str | None = None) -> httpx.Client:
-        return httpx.Client(base_url=self.api, headers={"Authorization": f"Bearer {key or self.key}"}, timeout=60)
+        return httpx.Client(base_url=self.api, headers={"Authorization": f"Bearer {key or self.key}"},
+                            timeout=60)
 
-    def create(self, body: dict[str, Any], endpoint: str = "video-generation", **headers: str) -> httpx.Response:
+    def create(self, body: dict[str, Any], endpoint: str = "video-generation",
+               **headers: str) -> httpx.Response:
         with self.client() as c:
-            return c.post(f"/services/aigc/{endpoint}/video-synthesis", json=body, headers={**ASYNC, **headers})
+            return c.post(f"/services/aigc/{endpoint}/video-synthesis", json=body,
+                          headers={**ASYNC, **headers})
 
     def task(self, task_id: str) -> dict[str, Any]:
         with self.client() as c:
@@ -108,8 +111,8 @@ def running_server(data_dir: Path, workers: int = 1, *, engines: EngineSet | Non
 def make_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     """make_server(workers=1, **settings) -> a running Server, stopped after the test."""
     with contextlib.ExitStack() as stack:
-        yield lambda workers=1, **kw: stack.enter_context(running_server(tmp_path_factory.mktemp("data"), workers,
-                                                                         **kw))
+        yield lambda workers=1, **kw: stack.enter_context(
+            running_server(tmp_path_factory.mktemp("data"), workers, **kw))
 
 
 @pytest.fixture
@@ -163,8 +166,9 @@ def image_bytes(width: int, height: int, fmt: str = "PNG", seed: int = 0) -> byt
     y, x = np.mgrid[0:height, 0:width]
     arr = np.stack([(x * 255 // max(width - 1, 1)), (y * 255 // max(height - 1, 1)),
                     np.full_like(x, int(rng.integers(0, 255)))], axis=-1).astype(np.uint8)
-    cx, cy, r = int(rng.integers(width // 4, 3 * width // 4)), int(rng.integers(height // 4, 3 * height // 4)), \
-        min(width, height) // 6
+    cx, cy, r = (int(rng.integers(width // 4, 3 * width // 4)),
+                 int(rng.integers(height // 4, 3 * height // 4)),
+                 min(width, height) // 6)
     arr[(x - cx) ** 2 + (y - cy) ** 2 < r * r] = (240, 240, 240)
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, fmt)

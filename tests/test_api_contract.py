@@ -226,7 +226,8 @@ def test_rejected_bodies_never_leave_a_task(make_server):
            {"model": "wan2.2-kf2v-flash", "input": {"first_frame_url": "ftp://x/y.png"}}]
     with server.client() as c:
         for body in bad:
-            r = c.post("/services/aigc/video-generation/video-synthesis", content=json.dumps(body), headers=ASYNC)
+            r = c.post("/services/aigc/video-generation/video-synthesis", content=json.dumps(body),
+                       headers=ASYNC)
             assert r.status_code == 400, (body, r.text)
             assert set(r.json()) == {"request_id", "code", "message"}
     assert task_count(server) == 0

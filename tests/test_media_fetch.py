@@ -157,7 +157,7 @@ def forbid_connections(monkeypatch) -> None:
     monkeypatch.setattr(httpx.Client, "send", send)
 
 
-# ----------------------------------------------------------------------------------------------- http downloads
+# --------------------------------------------------------------------------------------------- http downloads
 
 
 def test_download_returns_the_body(server):
@@ -369,7 +369,7 @@ def test_address_is_forbidden_covers_embedded_ipv4_forms():
         assert not address_is_forbidden(ipaddress.ip_address(addr)), addr
 
 
-# ----------------------------------------------------------------------------------------------- pinning (mock)
+# --------------------------------------------------------------------------------------------- pinning (mock)
 
 
 def mock_client(monkeypatch, handler: Callable[[httpx.Request], httpx.Response]) -> None:
@@ -451,7 +451,7 @@ def test_redirect_without_location_is_refused(monkeypatch):
     assert refused("http://a.example.com/a.png", allow_private=False).code == "InvalidURL"
 
 
-# ----------------------------------------------------------------------------------------------- https pinning (real TLS)
+# ----------------------------------------------------------------------------------- https pinning (real TLS)
 
 
 def _make_tls_files(tmp_path: Path, server_name: str) -> tuple[Path, Path, Path]:

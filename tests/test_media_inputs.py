@@ -29,7 +29,7 @@ from wanserve.media.inputs import (
 
 from .conftest import mp3_bytes
 
-# ----------------------------------------------------------------------------------------------- image builders
+# --------------------------------------------------------------------------------------------- image builders
 
 
 def encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -70,7 +70,7 @@ def refused(data: bytes, limits: ImageLimits = LEGACY_IMAGE_LIMITS) -> ServiceEr
     return info.value
 
 
-# ----------------------------------------------------------------------------------------------- images: formats
+# -------------------------------------------------------------------------------------------- images: formats
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "BMP", "WEBP"])
@@ -125,7 +125,8 @@ def test_tiff_is_refused():
 
 
 def test_svg_is_refused():
-    svg = b'<svg xmlns="http://www.w3.org/2000/svg" width="400" height="400"><rect width="400" height="400"/></svg>'
+    svg = (b'<svg xmlns="http://www.w3.org/2000/svg" width="400" height="400">'
+           b'<rect width="400" height="400"/></svg>')
     err = refused(svg)
     assert err.code == "InvalidImage.FileFormat"
     assert "SVG" in err.message
@@ -150,7 +151,7 @@ def test_png_with_garbage_after_its_signature_is_refused():
     assert refused(b"\x89PNG\r\n\x1a\n" + b"\x00garbage" * 20).code == "InvalidImage.FileFormat"
 
 
-# ----------------------------------------------------------------------------------------------- images: alpha
+# ---------------------------------------------------------------------------------------------- images: alpha
 
 
 @pytest.mark.parametrize("mode", ["RGBA", "LA"])
@@ -246,7 +247,7 @@ def test_crafted_header_helper_makes_a_png_pillow_reads():
         assert img.size == (500, 400)
 
 
-# ----------------------------------------------------------------------------------------------- audio builders
+# --------------------------------------------------------------------------------------------- audio builders
 
 
 def wav_sine(seconds: float, rate: int = 8000) -> bytes:

@@ -28,8 +28,8 @@ def assert_video(url: str, width: int, height: int, seconds: int, audio: bool | 
 
 
 def test_t2v_call_gives_the_exact_size_at_30_fps(dashscope_at: Server):
-    rsp = VideoSynthesis.call(api_key=dashscope_at.key, model="wanx2.1-t2v-turbo", prompt="A kitten in the snow",
-                              size="832*480", seed=7)
+    rsp = VideoSynthesis.call(api_key=dashscope_at.key, model="wanx2.1-t2v-turbo",
+                              prompt="A kitten in the snow", size="832*480", seed=7)
     assert rsp.status_code == HTTPStatus.OK, rsp
     assert rsp.output.task_status == "SUCCEEDED"
     assert rsp.usage.video_ratio == "832*480" and rsp.usage.video_duration == 5
@@ -38,8 +38,8 @@ def test_t2v_call_gives_the_exact_size_at_30_fps(dashscope_at: Server):
 
 def test_i2v_async_call_fetch_and_wait_with_an_http_image(dashscope_at: Server, media_server):
     url = media_server.put("portrait.jpg", image_bytes(750, 1000, "JPEG"))
-    task = VideoSynthesis.async_call(api_key=dashscope_at.key, model="wan2.2-i2v-flash", prompt="a slow push in",
-                                     img_url=url, resolution="720P")
+    task = VideoSynthesis.async_call(api_key=dashscope_at.key, model="wan2.2-i2v-flash",
+                                     prompt="a slow push in", img_url=url, resolution="720P")
     assert task.status_code == HTTPStatus.OK and task.output.task_status == "PENDING"
     fetched = VideoSynthesis.fetch(task, api_key=dashscope_at.key)
     assert fetched.status_code == HTTPStatus.OK

@@ -280,7 +280,6 @@ def test_the_store_owns_the_lifetime(db_url):
         conn.execute(update(tasks).where(tasks.c.id == old).values(submit_ms=now_ms() - 61_000))
     assert store.get(old) is not None  # still stored
     assert store.get(old, alive_only=True) is None and store.get(young, alive_only=True) is not None
-    assert store.get(old, "acct", alive_since_ms=now_ms() - 120_000) is not None  # the older spelling
     total, rows = store.list("acct", start_ms=0, end_ms=now_ms())
     assert total == 1 and [r["id"] for r in rows] == [young]
     assert store.expire() == [old]

@@ -23,7 +23,8 @@ def get_policy(server: Server, key: str | None = None, model: str = "wan2.2-i2v-
 def post_file(server: Server, policy: dict, name: str, data: bytes, **override: str) -> httpx.Response:
     form = {"OSSAccessKeyId": policy["oss_access_key_id"], "Signature": policy["signature"],
             "policy": policy["policy"], "key": f"{policy['upload_dir']}/{name}",
-            "x-oss-object-acl": policy["x_oss_object_acl"], "x-oss-forbid-overwrite": policy["x_oss_forbid_overwrite"],
+            "x-oss-object-acl": policy["x_oss_object_acl"],
+            "x-oss-forbid-overwrite": policy["x_oss_forbid_overwrite"],
             "success_action_status": "200", "x-oss-content-type": "image/png", **override}
     return httpx.post(policy["upload_host"], data=form, files={"file": (name, data)})
 
@@ -40,7 +41,8 @@ def test_policy_has_every_field_the_sdk_requires_and_a_fresh_directory(make_serv
 
 def test_policy_needs_a_key_and_a_known_model(make_server):
     server = make_server(workers=0)
-    assert httpx.get(f"{server.api}/uploads", params={"action": "getPolicy", "model": "wan2.6-t2v"}).status_code == 401
+    assert httpx.get(f"{server.api}/uploads",
+                     params={"action": "getPolicy", "model": "wan2.6-t2v"}).status_code == 401
     with server.client() as c:
         assert c.get("/uploads", params={"action": "getPolicy", "model": "nope"}).status_code == 400
 

@@ -14,7 +14,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -28,9 +27,6 @@ pytest.importorskip("diffusers")
 
 import torch
 
-from wanserve.accounts.keys import create_key
-from wanserve.api.app import create_app
-from wanserve.config import Settings
 from wanserve.engines import EngineConfigError, EngineSet, RenderJob
 from wanserve.engines.preview import PreviewEngine
 from wanserve.engines.wan import (
@@ -41,8 +37,6 @@ from wanserve.engines.wan import (
     retime_positions,
 )
 from wanserve.errors import ServiceError, TaskCanceled
-from wanserve.services import Services
-from wanserve.worker.runner import run_workers
 
 from . import wan_fixtures
 from .conftest import (
@@ -53,6 +47,7 @@ from .conftest import (
     image_bytes,
     poll_task,
     probe_video,
+    running_server,
     wait_until_serving,
 )
 
@@ -97,8 +92,6 @@ SLOW_T2V = "wan2.2-t2v-plus"  # the t2v checkpoint again, with many steps: for p
 @pytest.fixture(scope="module")
 def wan_server(ckpt: Checkpoints, tmp_path_factory: pytest.TempPathFactory):
     """A real server (API + one worker) whose EngineSet is built from the settings' models table."""
-    import uvicorn
-
     fast = {"num_inference_steps": 2, "native_fps": 1}  # 5 native frames per 5 s clip
     models = {
         "wanx2.1-t2v-turbo": wan(ckpt.t2v, **fast),
@@ -108,24 +101,10 @@ def wan_server(ckpt: Checkpoints, tmp_path_factory: pytest.TempPathFactory):
             "flying": {"lora": str(ckpt.lora), "prompt": "The subject floats up into the air."}}),
         "wan2.2-kf2v-flash": wan(ckpt.flf2v, **fast),
     }
-    settings = Settings(data_dir=tmp_path_factory.mktemp("wan-data"), workers=1, poll_seconds=0.05,
-                        allow_private_media_urls=True, models=models)
-    services = Services.open(settings)
-    _, key = create_key(services.db, "default")
-    engine_set = EngineSet(settings.models)
-    stop = threading.Event()
-    run_workers(services, engine_set, settings.workers, stop)
-    server = uvicorn.Server(uvicorn.Config(create_app(services), host="127.0.0.1", port=free_port(),
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    yield Server(f"http://127.0.0.1:{server.config.port}", key, services, stop), engine_set
-    stop.set()
-    server.should_exit = True
-    thread.join(5)
-    services.close()
+    engine_set = EngineSet(models)
+    data = tmp_path_factory.mktemp("wan-data")
+    with running_server(data, workers=1, engines=engine_set, models=models) as server:
+        yield server, engine_set
 
 
 def job(kind: str, model: str, width: int = 100, height: int = 60, seconds: int = 1, **kw: Any) -> RenderJob:

@@ -20,7 +20,8 @@ from .conftest import Server, image_bytes
 
 pytestmark = pytest.mark.slow
 
-LONG_T2V = {"model": "wan2.6-t2v", "input": {"prompt": "Shot 1 [0-5 s]: a harbour. Shot 2 [5-15 s]: a storm."},
+LONG_T2V = {"model": "wan2.6-t2v",
+            "input": {"prompt": "Shot 1 [0-5 s]: a harbour. Shot 2 [5-15 s]: a storm."},
             "parameters": {"size": "1920*1080", "duration": 15, "seed": 1}}
 SHORT_T2V = {"model": "wanx2.1-t2v-turbo", "input": {"prompt": "a cat"}, "parameters": {"size": "832*480"}}
 
@@ -43,7 +44,8 @@ def spawn_worker(server: Server, lease: float) -> subprocess.Popen:
 
 def test_a_killed_workers_running_task_is_retried_by_another_worker_after_its_lease(make_server):
     server = make_server(workers=0)
-    tid = server.create({**LONG_T2V, "parameters": {"size": "1280*720", "duration": 10}}).json()["output"]["task_id"]
+    tid = server.create(
+        {**LONG_T2V, "parameters": {"size": "1280*720", "duration": 10}}).json()["output"]["task_id"]
     first = spawn_worker(server, lease=2)
     try:
         wait_for(lambda: (t := server.services.store.get(tid))["status"] == "RUNNING" and t["progress"])
@@ -94,7 +96,8 @@ def test_running_task_reports_rising_progress(make_server):
 
 
 def test_an_unreachable_image_fails_the_task_with_a_contract_code(server: Server, media_server):
-    tid = server.create({"model": "wan2.2-i2v-flash", "input": {"prompt": "x", "img_url": media_server.base + "/nope.png"},
+    tid = server.create({"model": "wan2.2-i2v-flash",
+                         "input": {"prompt": "x", "img_url": media_server.base + "/nope.png"},
                          "parameters": {"resolution": "480P"}}).json()["output"]["task_id"]
     out = server.wait(tid)["output"]
     assert out["task_status"] == "FAILED"
@@ -104,8 +107,8 @@ def test_an_unreachable_image_fails_the_task_with_a_contract_code(server: Server
 
 def test_an_image_below_the_size_limit_fails_naming_the_limit(server: Server, media_server):
     url = media_server.put("tiny.png", image_bytes(200, 200))
-    tid = server.create({"model": "wan2.2-i2v-flash", "input": {"prompt": "x", "img_url": url}}).json()["output"][
-        "task_id"]
+    tid = server.create(
+        {"model": "wan2.2-i2v-flash", "input": {"prompt": "x", "img_url": url}}).json()["output"]["task_id"]
     out = server.wait(tid)["output"]
     assert out["task_status"] == "FAILED" and out["code"] == "InvalidImageResolution"
     assert "360" in out["message"]

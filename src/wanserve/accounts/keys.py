@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine, insert, select, update
 
-from ..tasks.db import now_ms, read
+from ..tasks.db import now_ms, read, write
 from ..tasks.schema import accounts, api_keys
 
 BOOTSTRAP_KEY_ID = "bootstrap"
@@ -27,7 +27,7 @@ def _hash(key: str) -> str:
 
 
 def ensure_account(engine: Engine, account_id: str) -> None:
-    with engine.begin() as conn:
+    with write(engine) as conn:
         if conn.execute(select(accounts.c.id).where(accounts.c.id == account_id)).first() is None:
             conn.execute(insert(accounts).values(id=account_id, created_ms=now_ms()))
 
@@ -37,7 +37,7 @@ def create_key(engine: Engine, account_id: str = "default") -> tuple[str, str]:
     ensure_account(engine, account_id)
     key = "sk-ws-" + secrets.token_hex(24)
     key_id = secrets.token_hex(8)
-    with engine.begin() as conn:
+    with write(engine) as conn:
         conn.execute(insert(api_keys).values(id=key_id, account_id=account_id, key_hash=_hash(key),
                                              prefix=key[:10], created_ms=now_ms()))
     return key_id, key
@@ -50,7 +50,7 @@ def list_keys(engine: Engine) -> list[dict]:
 
 
 def revoke_key(engine: Engine, key_id: str) -> bool:
-    with engine.begin() as conn:
+    with write(engine) as conn:
         stmt = update(api_keys).where(api_keys.c.id == key_id, api_keys.c.revoked_ms.is_(None))
         return conn.execute(stmt.values(revoked_ms=now_ms())).rowcount == 1
 

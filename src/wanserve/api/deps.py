@@ -36,8 +36,10 @@ def public_base(request: Request) -> str:
     return services(request).settings.public_base_url or str(request.base_url)
 
 
-async def require_caller(request: Request,
-                         credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]) -> Caller:
+async def require_caller(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+) -> Caller:
     """Bearer-key authentication: each key belongs to an account; a task is visible to its account only."""
     key = credentials.credentials if credentials else ""
     if not key.strip():
@@ -46,7 +48,8 @@ async def require_caller(request: Request,
     svc = services(request)
     caller = await run_in_threadpool(authenticate, svc.db, key.strip(), svc.settings.api_key or None)
     if caller is None:
-        raise ServiceError(Code.INVALID_API_KEY, "Invalid API-key provided. Check the key, or create one with "
+        raise ServiceError(Code.INVALID_API_KEY,
+                           "Invalid API-key provided. Check the key, or create one with "
                            "`wanserve keys create`.")
     return caller
 

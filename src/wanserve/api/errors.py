@@ -40,7 +40,8 @@ def install_error_handlers(app: FastAPI, writers: Sequence[tuple[str, ErrorWrite
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 404:
-            return write(request, Code.NOT_FOUND, f"Not found! No endpoint {request.method} {request.url.path}.")
+            return write(request, Code.NOT_FOUND,
+                         f"Not found! No endpoint {request.method} {request.url.path}.")
         if exc.status_code == 405:
             return write(request, Code.INVALID_PARAMETER,
                          f"Method {request.method} is not allowed on {request.url.path}.", 405)
@@ -49,5 +50,6 @@ def install_error_handlers(app: FastAPI, writers: Sequence[tuple[str, ErrorWrite
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return write(request, Code.INTERNAL, "An internal error has occured, please try again later or contact "
+        return write(request, Code.INTERNAL,
+                     "An internal error has occured, please try again later or contact "
                      "service support.")

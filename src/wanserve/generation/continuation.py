@@ -45,8 +45,8 @@ def continue_clip(engine: Engine, job: RenderJob, clip: Clip, progress: Progress
         yield last
     if last is None:
         raise invalid_file(Code.FILE_FORMAT, "input.media first_clip: the video has no decodable frames.")
-    rest = replace(job, kind="kf2v" if job.last_frame is not None else "i2v", first_frame=Image.fromarray(last),
-                   frame_count=job.frame_count - n_clip + 1)
+    rest = replace(job, kind="kf2v" if job.last_frame is not None else "i2v",
+                   first_frame=Image.fromarray(last), frame_count=job.frame_count - n_clip + 1)
     frames = engine.render(rest, progress)
     next(frames)
     yield from frames

@@ -42,15 +42,17 @@ def limits_for(spec: ModelSpec) -> tuple[ImageLimits, AudioLimits]:
     return image, audio
 
 
-def fetch_inputs(req: GenerationRequest, spec: ModelSpec, *, resolver: OssResolver | None, allow_private: bool,
-                 check: Callable[[], None]) -> Inputs:
+def fetch_inputs(req: GenerationRequest, spec: ModelSpec, *, resolver: OssResolver | None,
+                 allow_private: bool, check: Callable[[], None]) -> Inputs:
     """Download and check every media input; `check()` between downloads lets a cancel through."""
     image_limits, audio_limits = limits_for(spec)
     max_bytes = {"audio": audio_limits.max_bytes, "first_clip": WAN27_CLIP_LIMITS.max_bytes}
     found: dict = {}
     for media in req.media:
-        data = fetch_media(media.url, field=media.field, max_bytes=max_bytes.get(media.role, image_limits.max_bytes),
-                           oss_resolver=resolver if req.resolve_uploads else None, allow_private=allow_private)
+        data = fetch_media(media.url, field=media.field,
+                           max_bytes=max_bytes.get(media.role, image_limits.max_bytes),
+                           oss_resolver=resolver if req.resolve_uploads else None,
+                           allow_private=allow_private)
         check()
         if media.role == "audio":
             check_audio(data, audio_limits, field=media.field)
@@ -58,7 +60,8 @@ def fetch_inputs(req: GenerationRequest, spec: ModelSpec, *, resolver: OssResolv
         elif media.role == "first_clip":
             info = check_clip(data, WAN27_CLIP_LIMITS, field=media.field)
             if info.seconds >= req.duration:
-                raise invalid_parameter(f"parameters.duration ({req.duration} s) is the length of the whole output "
+                raise invalid_parameter(f"parameters.duration ({req.duration} s) "
+                                        "is the length of the whole output "
                                         f"and must exceed the first_clip ({info.seconds:.1f} s).")
             found.update(clip=Clip(data, info.seconds), clip_width=info.width, clip_height=info.height)
         else:

@@ -39,7 +39,8 @@ class GenerationPipeline:
         self.engines, self.storage, self.uploads = engines, storage, uploads
         self.allow_private_urls = allow_private_urls
 
-    def __call__(self, task_id: str, account_id: str, req: GenerationRequest, ctx: TaskContext) -> dict[str, Any]:
+    def __call__(self, task_id: str, account_id: str, req: GenerationRequest,
+                 ctx: TaskContext) -> dict[str, Any]:
         spec = find_model(req.model)
         assert spec is not None, req.model  # the normaliser stored a canonical catalog name
         # 1. fetch and check the inputs (oss:// keys resolve to the task's own account's uploads)
@@ -54,8 +55,8 @@ class GenerationPipeline:
         audio = soundtrack(req, inputs)
         # 5. encode, then 6. store the result
         with self.storage.temp_result(task_id) as tmp:
-            encode_mp4(frames, tmp, width=job.width, height=job.height, fps=job.fps, frame_count=job.frame_count,
-                       audio=audio, watermark=req.watermark)
+            encode_mp4(frames, tmp, width=job.width, height=job.height, fps=job.fps,
+                       frame_count=job.frame_count, audio=audio, watermark=req.watermark)
             ctx.check()
             self.storage.put_result(task_id, tmp)
         return {"width": job.width, "height": job.height, "fps": job.fps, "frame_count": job.frame_count,

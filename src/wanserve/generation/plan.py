@@ -32,7 +32,8 @@ def job_kind(req: GenerationRequest, inputs: Inputs) -> TaskKind:
 def plan(req: GenerationRequest, inputs: Inputs) -> RenderJob:
     width, height = output_size(req, inputs)
     return RenderJob(
-        kind=job_kind(req, inputs), model=req.model, width=width, height=height, frame_count=req.duration * FPS,
-        fps=FPS, seed=req.seed, prompt=req.prompt, negative_prompt=req.negative_prompt, template=req.template,
+        kind=job_kind(req, inputs), model=req.model, width=width, height=height,
+        frame_count=req.duration * FPS, fps=FPS, seed=req.seed, prompt=req.prompt,
+        negative_prompt=req.negative_prompt, template=req.template,
         shot_type=req.shot_type, shots=tuple(parse_shots(req.prompt, req.duration, req.shot_type)),
         first_frame=inputs.first_frame, last_frame=inputs.last_frame)

@@ -37,7 +37,8 @@ def wav_bytes(pcm: np.ndarray, rate: int) -> bytes:
     return buf.getvalue()
 
 
-def decoded_seconds(data: bytes, fmt: str | None = None, stop_after: float = float("inf")) -> tuple[float, bool, float | None]:
+def decoded_seconds(data: bytes, fmt: str | None = None,
+                    stop_after: float = float("inf")) -> tuple[float, bool, float | None]:
     """Decode the first audio stream; returns (seconds decoded, whether the whole stream was decoded, the
     container's declared duration or None). Stops once `stop_after` seconds have been decoded."""
     with av.open(io.BytesIO(data), mode="r", format=fmt) as container:

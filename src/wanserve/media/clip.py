@@ -50,7 +50,8 @@ def sniff_clip_format(data: bytes) -> str | None:
 
 def check_clip(data: bytes, limits: ClipLimits, *, field: str) -> ClipInfo:
     if len(data) > limits.max_bytes:
-        raise ServiceError(Code.FILE_SIZE, f"{field}: the video is larger than {limits.max_bytes // 2**20} MB; "
+        raise ServiceError(Code.FILE_SIZE,
+                           f"{field}: the video is larger than {limits.max_bytes // 2**20} MB; "
                            "send a shorter or more compressed clip.")
     if sniff_clip_format(data) is None:
         raise ServiceError(Code.FILE_FORMAT, f"{field}: {_FORMAT}")
@@ -69,10 +70,12 @@ def check_clip(data: bytes, limits: ClipLimits, *, field: str) -> ClipInfo:
     except av.FFmpegError:
         raise ServiceError(Code.FILE_FORMAT, f"{field}: the video could not be decoded; {_FORMAT}") from None
     if not (limits.min_side <= width <= limits.max_side and limits.min_side <= height <= limits.max_side):
-        raise ServiceError(Code.FILE_RESOLUTION, f"{field}: the video is {width}x{height} px; each side must be "
+        raise ServiceError(Code.FILE_RESOLUTION,
+                           f"{field}: the video is {width}x{height} px; each side must be "
                            f"between {limits.min_side} and {limits.max_side} px.")
     if not limits.min_aspect <= width / height <= limits.max_aspect:
-        raise ServiceError(Code.FILE_RESOLUTION, f"{field}: the video's aspect ratio {width}:{height} is outside "
+        raise ServiceError(Code.FILE_RESOLUTION,
+                           f"{field}: the video's aspect ratio {width}:{height} is outside "
                            "1:8 to 8:1.")
     if not limits.min_seconds <= seconds <= limits.max_seconds:
         raise ServiceError(Code.FILE_DURATION, f"{field}: the video lasts {seconds:.1f} s; it must last "

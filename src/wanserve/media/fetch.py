@@ -49,8 +49,8 @@ ServiceError when the key is not the caller's, OSError when the file cannot be r
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-# Cloud instance-metadata endpoints. Most are already link-local or private; listed so they stay refused even if
-# a future Python changes what `is_private` covers. 100.100.100.200 is Alibaba Cloud's metadata service.
+# Cloud instance-metadata endpoints. Most are already link-local or private; listed so they stay refused even
+# if a future Python changes what `is_private` covers. 100.100.100.200 is Alibaba Cloud's metadata service.
 _METADATA_ADDRESSES = frozenset(
     ipaddress.ip_address(a)
     for a in ("169.254.169.254", "169.254.170.2", "fd00:ec2::254", "100.100.100.200", "168.63.129.16")
@@ -120,7 +120,7 @@ def fetch_media(
     )
 
 
-# --------------------------------------------------------------------------------------------------- data: URLs
+# ------------------------------------------------------------------------------------------------- data: URLs
 
 
 def _decode_data_url(url: str, *, field: str, max_bytes: int) -> bytes:
@@ -159,7 +159,7 @@ def _decode_data_url(url: str, *, field: str, max_bytes: int) -> bytes:
     return data
 
 
-# --------------------------------------------------------------------------------------------------- oss:// URLs
+# ------------------------------------------------------------------------------------------------ oss:// URLs
 
 
 def _read_oss(key: str, *, field: str, max_bytes: int, oss_resolver: OssResolver | None) -> bytes:
@@ -179,14 +179,15 @@ def _read_oss(key: str, *, field: str, max_bytes: int, oss_resolver: OssResolver
     except OSError:
         raise ServiceError(
             Code.INVALID_URL,
-            f"{field}: the uploaded file oss://{key} could not be read (it may have expired). Upload it again.",
+            f"{field}: the uploaded file oss://{key} could not be read (it may have expired). "
+            "Upload it again.",
         ) from None
     if len(data) > max_bytes:
         raise _too_big(field, max_bytes)
     return data
 
 
-# --------------------------------------------------------------------------------------------------- SSRF guard
+# ------------------------------------------------------------------------------------------------- SSRF guard
 
 
 def address_is_forbidden(ip: IPAddress) -> bool:
@@ -386,9 +387,9 @@ def _build_request(
         headers["Host"] = url.netloc.decode("ascii")
         if url.scheme == "https":
             extensions["sni_hostname"] = url.raw_host.decode("ascii")
-    # Per-operation timeouts start from what is left of the total budget; the body loop also checks the deadline
-    # between chunks, so a server that trickles bytes is stopped too. (One blocked read can still take up to
-    # `remaining`, so the worst case is a little under twice timeout_s.)
+    # Per-operation timeouts start from what is left of the total budget; the body loop also checks the
+    # deadline between chunks, so a server that trickles bytes is stopped too. (One blocked read can still
+    # take up to `remaining`, so the worst case is a little under twice timeout_s.)
     return client.build_request(
         "GET", target, headers=headers, timeout=httpx.Timeout(remaining), extensions=extensions
     )
@@ -445,7 +446,8 @@ def _timed_out(field: str, url: httpx.URL, timeout_s: float) -> ServiceError:
 def _unreachable(field: str, where: str, reason: str) -> ServiceError:
     return ServiceError(
         Code.URL_CONNECTION_REFUSED,
-        f"{field}: connection to {where} failed ({reason}). Check that the URL is correct and publicly reachable.",
+        f"{field}: connection to {where} failed ({reason}). "
+        "Check that the URL is correct and publicly reachable.",
     )
 
 

@@ -1,16 +1,17 @@
 """Sniffing and checking fetched media inputs: images (frames) and audio (spec §2.2, §2.4, §6).
 
-The format is always detected from the bytes (magic numbers, then Pillow / PyAV with the detected format forced),
-never from a file name, URL or declared MIME type.
+The format is always detected from the bytes (magic numbers, then Pillow / PyAV with the detected format
+forced), never from a file name, URL or declared MIME type.
 
 Images: JPEG, PNG, BMP or WEBP; no alpha channel; each side within the limits; optional aspect-ratio bounds; a
-byte-size cap. The dimensions come from the header (Pillow's `Image.open` is lazy) and are checked before any pixel
-is decoded, so a small file that declares a huge canvas (a decompression bomb) is refused without decoding it.
-Pillow's own bomb check (`DecompressionBombError`, raised by `open` above 2 x MAX_IMAGE_PIXELS) is turned into the
-same resolution error. Pillow's `DecompressionBombWarning` (between 1 x and 2 x MAX_IMAGE_PIXELS, about 89 and
-179 Mpx) is not escalated through the process-global warnings filter; every such image has a side far above any
-`max_side` used here (sqrt(89e6) > 9400) and is refused by the side check before decoding. As a second line of
-defence an image is never decoded if width x height exceeds max_side squared.
+byte-size cap. The dimensions come from the header (Pillow's `Image.open` is lazy) and are checked before any
+pixel is decoded, so a small file that declares a huge canvas (a decompression bomb) is refused without
+decoding it. Pillow's own bomb check (`DecompressionBombError`, raised by `open` above 2 x MAX_IMAGE_PIXELS)
+is turned into the same resolution error. Pillow's `DecompressionBombWarning` (between 1 x and 2 x
+MAX_IMAGE_PIXELS, about 89 and 179 Mpx) is not escalated through the process-global warnings filter; every
+such image has a side far above any `max_side` used here (sqrt(89e6) > 9400) and is refused by the side check
+before decoding. As a second line of defence an image is never decoded if width x height exceeds max_side
+squared.
 
 Audio: WAV or MP3 (sniffed), a byte-size cap, and a duration range measured by decoding with PyAV.
 """
@@ -245,7 +246,8 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 
 def sniff_audio_format(data: bytes) -> str | None:
-    """Return "wav" (RIFF....WAVE) or "mp3" (an ID3 tag or an MPEG audio layer III frame header), else None."""
+    """Return "wav" (RIFF....WAVE) or "mp3" (an ID3 tag or an MPEG audio layer III frame header),
+    else None."""
     if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
         return "wav"
     if data[:3] == b"ID3":

@@ -45,7 +45,8 @@ class Storage(Protocol):
     def upload_exists(self, key: str) -> bool: ...
 
     def read_upload(self, key: str, max_bytes: int) -> bytes:
-        """Up to `max_bytes + 1` bytes of an upload (so the caller can tell it is too big); OSError if gone."""
+        """Up to `max_bytes + 1` bytes of an upload (so the caller can tell it is too big);
+        OSError if gone."""
         ...
 
     def remove_upload(self, key: str) -> None: ...

@@ -90,8 +90,8 @@ class LocalStorage:
     def _upload(self, key: str) -> Path:
         parts = key.split("/")
         if not all(_SAFE_SEGMENT.match(p) and p not in (".", "..") for p in parts):
-            raise invalid_parameter(f"Invalid upload key {key!r}: use plain file names (letters, digits, '.', "
-                                    "'_', '-').")
+            raise invalid_parameter(f"Invalid upload key {key!r}: "
+                                    "use plain file names (letters, digits, '.', '_', '-').")
         return self.root / "uploads" / Path(*parts)
 
     def save_upload(self, key: str, data: bytes) -> None:

@@ -30,7 +30,8 @@ def sweep(store: TaskStore, uploads: UploadStore, storage: Storage) -> Swept:
     keys = uploads.expire()
     orphans = sweep_orphans(store, storage)
     if task_ids or keys or orphans:
-        log.info("swept %d expired tasks, %d expired uploads, %d orphaned files", len(task_ids), len(keys), orphans)
+        log.info("swept %d expired tasks, %d expired uploads, %d orphaned files",
+                 len(task_ids), len(keys), orphans)
     return Swept(len(task_ids), len(keys), orphans)
 
 

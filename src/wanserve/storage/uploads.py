@@ -12,7 +12,7 @@ from sqlalchemy import Engine, delete, insert, select
 
 from ..errors import Code, ServiceError, access_denied
 from ..media.fetch import OssResolver
-from ..tasks.db import now_ms
+from ..tasks.db import now_ms, read, write
 from ..tasks.schema import uploads
 from .base import Storage
 from .signing import Signer, b64, unb64
@@ -49,9 +49,9 @@ class UploadStore:
             raise ServiceError(Code.FILE_EXISTS, "The object already exists; request a new policy.")
         self.storage.save_upload(key, data)
         try:
-            with self.db.begin() as conn:
-                conn.execute(insert(uploads).values(key=key, account_id=account_id, model=model, size=len(data),
-                                                    created_ms=now_ms()))
+            with write(self.db) as conn:
+                conn.execute(insert(uploads).values(key=key, account_id=account_id, model=model,
+                                                    size=len(data), created_ms=now_ms()))
         except Exception:
             self.storage.remove_upload(key)
             raise
@@ -62,10 +62,11 @@ class UploadStore:
         def resolve(key: str, max_bytes: int) -> bytes:
             query = select(uploads.c.key).where(uploads.c.key == key, uploads.c.account_id == account_id,
                                                 uploads.c.created_ms > now_ms() - self.ttl_ms)
-            with self.db.begin() as conn:
+            with read(self.db) as conn:
                 row = conn.execute(query).first()
             if row is None:
-                raise ServiceError(Code.DATA_INSPECTION, f"Unable to download the media resource oss://{key}: it "
+                raise ServiceError(Code.DATA_INSPECTION,
+                                   f"Unable to download the media resource oss://{key}: it "
                                    "was not uploaded by this account or has expired (uploads live "
                                    f"{self.ttl_ms // 3_600_000} hours). Upload it again.")
             return self.storage.read_upload(key, max_bytes)
@@ -74,7 +75,7 @@ class UploadStore:
 
     def expire(self) -> list[str]:
         """Remove uploads past their lifetime (rows, then files); returns their keys."""
-        with self.db.begin() as conn:
+        with write(self.db) as conn:
             keys = list(conn.execute(delete(uploads).where(uploads.c.created_ms < now_ms() - self.ttl_ms)
                                      .returning(uploads.c.key)).scalars())
         for key in keys:

@@ -43,13 +43,7 @@ from sqlalchemy import (
 from ..errors import Code
 from .db import now_ms, read, write
 from .schema import task_failures, tasks
-from .states import STORED, TERMINAL, TRANSITIONS, TaskStatus
-
-# Older names; new code uses TaskStatus.
-PENDING, RUNNING, SUCCEEDED, FAILED, CANCELED = (TaskStatus.PENDING, TaskStatus.RUNNING, TaskStatus.SUCCEEDED,
-                                                 TaskStatus.FAILED, TaskStatus.CANCELED)
-UNKNOWN = TaskStatus.UNKNOWN
-STATUSES = STORED
+from .states import TERMINAL, TRANSITIONS, TaskStatus
 
 DEFAULT_TASK_TTL_SECONDS = 24 * 3600
 
@@ -57,8 +51,7 @@ LOST_MESSAGE = "The worker {worker} stopped responding (its lease ran out) durin
 EXHAUSTED_MESSAGE = ("The task was interrupted {n} times (its worker stopped responding); please submit it "
                      "again.")
 
-__all__ = ["Claimed", "TaskStore", "TaskStatus", "TERMINAL", "TRANSITIONS", "PENDING", "RUNNING", "SUCCEEDED",
-           "FAILED", "CANCELED", "UNKNOWN", "STATUSES"]
+__all__ = ["Claimed", "TaskStore", "TaskStatus", "TERMINAL", "TRANSITIONS"]
 
 
 @dataclass(frozen=True)
@@ -103,26 +96,25 @@ class TaskStore:
             conn.execute(tasks.insert().values(**row))
         return row
 
-    def get(self, task_id: str, account_id: str | None = None, *, alive_only: bool = False,
-            alive_since_ms: int | None = None) -> dict[str, Any] | None:
+    def get(self, task_id: str, account_id: str | None = None, *,
+            alive_only: bool = False) -> dict[str, Any] | None:
         """The task, or None; with `alive_only`, also None for a task past its lifetime (so expiry
-        never depends on when the sweeper last ran). `alive_since_ms` (an explicit cut-off) is the
-        older spelling of `alive_only=True`."""
+        never depends on when the sweeper last ran)."""
         query = select(tasks).where(tasks.c.id == task_id)
         if account_id is not None:
             query = query.where(tasks.c.account_id == account_id)
-        if alive_only or alive_since_ms is not None:
-            query = query.where(_alive(self.alive_since_ms() if alive_since_ms is None else alive_since_ms))
+        if alive_only:
+            query = query.where(_alive(self.alive_since_ms()))
         with read(self.engine) as conn:
             row = conn.execute(query).mappings().first()
         return dict(row) if row else None
 
     def list(self, account_id: str, *, start_ms: int, end_ms: int, model: str | None = None,
-             status: str | None = None, task_id: str | None = None, page_no: int = 1, page_size: int = 10,
-             alive_since_ms: int | None = None) -> tuple[int, list[dict[str, Any]]]:
+             status: str | None = None, task_id: str | None = None, page_no: int = 1,
+             page_size: int = 10) -> tuple[int, list[dict[str, Any]]]:
         """One page of the account's living tasks submitted in [start_ms, end_ms], newest first, and
         how many there are in all."""
-        since = self.alive_since_ms() if alive_since_ms is None else alive_since_ms
+        since = self.alive_since_ms()
         cond = [tasks.c.account_id == account_id, tasks.c.submit_ms >= start_ms, tasks.c.submit_ms <= end_ms,
                 _alive(since)]
         if model:

@@ -70,8 +70,8 @@ class Keeper(threading.Thread):
 
 
 class Worker:
-    def __init__(self, store: TaskStore, pipeline: GenerationPipeline, *, lease_seconds: float, poll_seconds: float,
-                 worker_id: str | None = None) -> None:
+    def __init__(self, store: TaskStore, pipeline: GenerationPipeline, *, lease_seconds: float,
+                 poll_seconds: float, worker_id: str | None = None) -> None:
         self.store, self.pipeline, self.poll_seconds = store, pipeline, poll_seconds
         self.worker_id = worker_id or new_worker_id()
         self.heartbeat_s = min(0.25, lease_seconds / 3)
@@ -127,10 +127,12 @@ class Worker:
             error = algo_failure(f"{type(exc).__name__}.")
         log.info("task %s: FAILED %s %s", task_id, error.code, error.message)
         if not self.store.fail(task_id, self.worker_id, error.code, error.message):
-            log.info("task %s: not ours any more (canceled or taken over); its failure is not recorded", task_id)
+            log.info("task %s: not ours any more (canceled or taken over); its failure is not recorded",
+                     task_id)
 
 
-def run_workers(services: Services, engines: EngineSet, count: int, stop: threading.Event) -> list[threading.Thread]:
+def run_workers(services: Services, engines: EngineSet, count: int,
+                stop: threading.Event) -> list[threading.Thread]:
     """Start `count` worker threads on one shared pipeline; they stop when `stop` is set."""
     pipeline = services.pipeline(engines)
     s = services.settings

@@ -218,7 +218,8 @@ def _media_inputs(spec: ModelSpec, inp: dict, template: str | None, oss: bool) -
         audio = ref("audio", "audio_url", False) if spec.accepts_audio_url else []
         return ref("first_frame", "img_url", True) + audio
     if spec.kind == "kf2v":
-        return ref("first_frame", "first_frame_url", True) + ref("last_frame", "last_frame_url", template is None)
+        return (ref("first_frame", "first_frame_url", True)
+                + ref("last_frame", "last_frame_url", template is None))
     return _wan27_media(inp, oss)
 
 
@@ -237,17 +238,20 @@ def _wan27_media(inp: dict, oss: bool) -> list[MediaInput]:
             raise invalid_parameter(f"{field} must be an object {{\"type\": ..., \"url\": ...}}.")
         kind, url = item.get("type"), item.get("url")
         if not isinstance(kind, str) or kind not in roles:
-            raise invalid_parameter(f"{field}.type: {kind!r} is not supported by wan2.7-i2v; use first_frame, "
-                                    "last_frame, driving_audio or first_clip.")
+            raise invalid_parameter(f"{field}.type: {kind!r} is not supported by wan2.7-i2v; "
+                                    "use first_frame, last_frame, driving_audio or first_clip.")
         if kind in seen:
-            raise invalid_parameter(f"{field}.type: {kind} appears more than once; send each type at most once.")
+            raise invalid_parameter(f"{field}.type: {kind} appears more than once; "
+                                    "send each type at most once.")
         if not isinstance(url, str) or not url:
             raise invalid_parameter(f"Field required: {field}.url")
         seen.add(kind)
-        out.append(MediaInput(role=roles[kind], url=_check_url(url, f"{field}.url", oss), field=f"{field}.url"))
+        out.append(MediaInput(role=roles[kind], url=_check_url(url, f"{field}.url", oss),
+                              field=f"{field}.url"))
     if frozenset(seen) not in MEDIA_COMBINATIONS:
         raise invalid_parameter(
-            f"input.media: the combination {sorted(seen)} is not supported. Use first_frame (+ driving_audio), "
+            f"input.media: the combination {sorted(seen)} is not supported. "
+            "Use first_frame (+ driving_audio), "
             "first_frame + last_frame (+ driving_audio), or first_clip (+ last_frame)."
         )
     return out

@@ -36,12 +36,14 @@ class CreateInput(_Open):
     first_frame_url: str | None = Field(None, pattern=URL_PATTERN, description="First frame (kf2v models)")
     last_frame_url: str | None = Field(None, pattern=URL_PATTERN, description="Last frame (kf2v models)")
     audio_url: str | None = Field(None, pattern=URL_PATTERN, description="wav/mp3, 3-30 s (wan2.5/wan2.6)")
-    template: str | None = Field(None, description="Effect template (wanx2.1 i2v/kf2v); the prompt is ignored")
+    template: str | None = Field(None,
+                                 description="Effect template (wanx2.1 i2v/kf2v); the prompt is ignored")
     media: list[MediaItem] | None = Field(None, description="wan2.7-i2v inputs")
 
 
 class CreateParameters(_Open):
-    size: str | None = Field(None, description='t2v only, "W*H" from the model\'s list', examples=["1280*720"])
+    size: str | None = Field(None, description='t2v only, "W*H" from the model\'s list',
+                             examples=["1280*720"])
     resolution: str | None = Field(None, description="480P, 720P or 1080P (image-driven models)")
     duration: int | None = Field(None, description="Seconds, from the model's list")
     prompt_extend: bool | None = None

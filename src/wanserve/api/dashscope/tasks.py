@@ -21,8 +21,11 @@ from .views import display_zone, list_item, sdk_job_item, task_body, unknown_out
 
 router = APIRouter()
 AsyncHeader = Annotated[str | None, Header(alias="X-DashScope-Async", description="Must be `enable`")]
-OssHeader = Annotated[str | None, Header(alias="X-DashScope-OssResourceResolve",
-                                         description="`enable` to resolve oss:// inputs from the upload endpoint")]
+OssHeader = Annotated[
+    str | None,
+    Header(alias="X-DashScope-OssResourceResolve",
+           description="`enable` to resolve oss:// inputs from the upload endpoint"),
+]
 CREATE_DOC: dict[str, Any] = {
     "response_model": CreateResponse, "responses": errors(400, 401, 403),
     "openapi_extra": {"requestBody": {"required": True, "content": {
@@ -43,14 +46,16 @@ def parse_json_body(raw: bytes) -> Any:
         json.dumps(body, ensure_ascii=False).encode("utf-8")
     except (ValueError, RecursionError, UnicodeError) as exc:
         detail = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
-        raise ServiceError(Code.ILLEGAL_INPUT, f"The input parameter requires json format: {detail}.") from None
+        raise ServiceError(Code.ILLEGAL_INPUT,
+                           f"The input parameter requires json format: {detail}.") from None
     return body
 
 
 async def _create(request: Request, caller: Caller, endpoint: str) -> dict[str, Any]:
     if request.headers.get("x-dashscope-async", "").strip().lower() != "enable":
-        raise ServiceError(Code.ACCESS_DENIED, "current user api does not support synchronous calls; send the "
-                           "header X-DashScope-Async: enable.")
+        raise ServiceError(Code.ACCESS_DENIED,
+                           "current user api does not support synchronous calls; "
+                           "send the header X-DashScope-Async: enable.")
     body = parse_json_body(await request.body())
     oss = request.headers.get("x-dashscope-ossresourceresolve", "").strip().lower() == "enable"
     gen = normalize(body, endpoint, oss_resolve=oss)
@@ -95,13 +100,16 @@ def _parse_list_time(value: str | None, name: str, request: Request) -> int | No
     if not value:
         return None
     try:
-        moment = datetime.strptime(value, "%Y%m%d%H%M%S").replace(tzinfo=display_zone(_services(request).settings))
+        moment = datetime.strptime(value, "%Y%m%d%H%M%S").replace(
+            tzinfo=display_zone(_services(request).settings))
     except ValueError:
-        raise invalid_parameter(f"{name} must be YYYYMMDDhhmmss, e.g. 20250101120000; got {value!r}.") from None
+        raise invalid_parameter(
+            f"{name} must be YYYYMMDDhhmmss, e.g. 20250101120000; got {value!r}.") from None
     return int(moment.timestamp() * 1000)
 
 
-@router.get("/tasks", response_model=ListResponse, response_model_exclude_unset=True, responses=errors(400, 401))
+@router.get("/tasks", response_model=ListResponse, response_model_exclude_unset=True,
+            responses=errors(400, 401))
 @router.get("/tasks/", include_in_schema=False)
 def list_tasks(request: Request, caller: CallerDep,
                task_id: str | None = None, start_time: str | None = None, end_time: str | None = None,
@@ -137,6 +145,7 @@ def list_tasks(request: Request, caller: CallerDep,
 def cancel_task(task_id: str, request: Request, caller: CallerDep) -> dict[str, Any]:
     """Cancel a PENDING task (contract) or, as an extension, a RUNNING one (it stops within a second)."""
     if not _services(request).store.cancel(task_id, caller.account_id):
-        raise ServiceError(Code.UNSUPPORTED_OPERATION, "Failed to cancel the task, please confirm if the task is in "
+        raise ServiceError(Code.UNSUPPORTED_OPERATION,
+                           "Failed to cancel the task, please confirm if the task is in "
                            "PENDING status.")
     return {"request_id": request_id(request)}

@@ -32,7 +32,8 @@ def get_policy(request: Request, caller: CallerDep, action: str = "", model: str
     if action != "getPolicy":
         raise invalid_parameter("action must be getPolicy.")
     if not model or find_model(model) is None:
-        raise invalid_parameter(f"model: {model!r} is not a model this server knows; pass the model the file is for.")
+        raise invalid_parameter(f"model: {model!r} is not a model this server knows; "
+                                "pass the model the file is for.")
     s = _services(request).settings
     expires = int(time.time()) + s.upload_policy_seconds
     day = datetime.now(UTC).strftime("%Y-%m-%d")
@@ -55,7 +56,8 @@ async def upload(request: Request) -> dict[str, Any]:
     policy, signature, key = (form.get(n) for n in ("policy", "Signature", "key"))
     file = form.get("file")
     if not (isinstance(policy, str) and isinstance(signature, str) and isinstance(key, str)):
-        raise invalid_parameter("The form needs the fields policy, Signature and key from GET /uploads, then file.")
+        raise invalid_parameter("The form needs the fields policy, Signature and key from GET /uploads, "
+                                "then file.")
     if not isinstance(file, UploadFile):
         raise invalid_parameter("The form needs a file field (sent last).")
     doc = services.uploads.open_policy(policy, signature)

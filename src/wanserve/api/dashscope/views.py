@@ -47,7 +47,8 @@ def task_body(task: dict[str, Any], *, zone: timezone, video_url: str | None) ->
         if spec is not None and spec.returns_actual_prompt and request["prompt_extend"]:
             out["actual_prompt"] = result.get("prompt", result.get("actual_prompt"))
         # rows stored before usage was computed at read time carry their own
-        body["usage"] = result["usage"] if "usage" in result else usage(spec.usage if spec else "v27", request, result)
+        body["usage"] = (result["usage"] if "usage" in result
+                         else usage(spec.usage if spec else "v27", request, result))
     return body
 
 
