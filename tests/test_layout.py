@@ -39,3 +39,9 @@ def test_error_codes_are_spelled_once():
     literal = re.compile("|".join(re.escape(f'"{c.value}"') for c in Code))
     assert [name for name, text in sources_outside().items()
             if name != "errors.py" and literal.search(text)] == []
+
+
+def test_the_docs_show_the_state_machine_the_store_uses():
+    from wanserve.tasks.states import describe
+
+    assert describe() in (PACKAGE.parents[1] / "docs" / "architecture.md").read_text()

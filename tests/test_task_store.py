@@ -155,6 +155,8 @@ def test_claim_returns_none_when_nothing_is_runnable(store):
 
 
 def test_concurrent_workers_never_claim_the_same_task(store):
+    # a lease long enough that none runs out while the threads claim (these workers never heartbeat)
+    store = TaskStore(store.engine, lease_seconds=60, max_attempts=2)
     ids = {new_task(store) for _ in range(20)}
     claimed: list[str] = []
     lock = threading.Lock()

@@ -1,6 +1,6 @@
 """Wire shapes for the OpenAPI document (what FastAPI publishes at /openapi.json).
 
-The routes validate create bodies themselves (requests.normalize), because DashScope's errors and
+The routes validate create bodies themselves (normalize.py), because DashScope's errors and
 lenience (unknown keys ignored, prompts truncated) differ from pydantic's; these models only
 describe the shapes truthfully, and schemathesis checks the server against them in the tests.
 """
