@@ -52,9 +52,8 @@ def test_a_killed_workers_running_task_is_retried_by_another_worker_after_its_le
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
-    killed_at = now_ms()
-    owner = server.services.store.get(tid)["worker_id"]
-    assert f":{first.pid}:" in owner
+    dead = server.services.store.get(tid)
+    assert f":{first.pid}:" in dead["worker_id"]
     second = spawn_worker(server, lease=2)
     try:
         body = server.wait(tid, timeout=120)
@@ -65,7 +64,9 @@ def test_a_killed_workers_running_task_is_retried_by_another_worker_after_its_le
     task = server.services.store.get(tid)
     assert task["attempts"] == 2
     assert f":{second.pid}:" in task["worker_id"]
-    assert task["scheduled_ms"] >= killed_at  # reclaimed only once the dead worker's lease ran out
+    assert task["scheduled_ms"] >= dead["lease_until_ms"]  # only once its lease ran out
+    lost = server.services.store.failures(tid)
+    assert [(f["attempt"], f["worker_id"]) for f in lost] == [(1, dead["worker_id"])]  # the history keeps it
 
 
 def test_a_running_task_can_be_canceled_and_its_worker_is_free_within_a_second(make_server):
