@@ -222,18 +222,23 @@ def main() -> int:
         return 1 if errors else 0
     finally:
         stop.set()
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_process(proc)
         log.close()
         if args.keep:
             print(f"data and server log kept in {data}")
         else:
             shutil.rmtree(data, ignore_errors=True)
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    """SIGTERM the server's process group, SIGKILL it after 15 s (list_latency.py uses this too)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 if __name__ == "__main__":

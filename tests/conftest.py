@@ -11,6 +11,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +21,13 @@ import av
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from PIL import Image
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
 
 from wanserve.accounts.keys import create_key
 from wanserve.api.app import create_app
+from wanserve.api.server import build_server
 from wanserve.config import Settings
 from wanserve.engines import EngineSet
 from wanserve.media.audio import wav_bytes as pcm_wav
@@ -84,7 +87,8 @@ def running_server(data_dir: Path, workers: int = 1, *, engines: EngineSet | Non
     """The one way tests start wanserve: services on `data_dir`, `workers` worker threads, the API on a
     free loopback port, and a key of account "default". bootstrap_key None: the key in
     WANSERVE_API_KEY, as `serve` reads it."""
-    overrides = {"allow_private_media_urls": True, **overrides}  # the media fixtures are on loopback
+    # the media fixtures are on loopback; links are built for the address the tests use
+    overrides = {"allow_private_media_urls": True, "host": "127.0.0.1", "port": free_port(), **overrides}
     if bootstrap_key is not None:
         overrides["api_key"] = bootstrap_key
     settings = Settings(data_dir=data_dir, workers=workers, poll_seconds=0.05, **overrides)
@@ -92,8 +96,7 @@ def running_server(data_dir: Path, workers: int = 1, *, engines: EngineSet | Non
     _, key = create_key(services.db, "default")
     stop = threading.Event()
     run_workers(services, engines or EngineSet(settings.models), workers, stop)
-    server = uvicorn.Server(uvicorn.Config(create_app(services), host="127.0.0.1", port=free_port(),
-                                           log_level="critical"))
+    server = build_server(create_app(services), settings, log_level="critical")
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
@@ -264,3 +267,42 @@ def mp3_bytes(seconds: float, freq: float = 330.0, *, id3: bool = True) -> bytes
         for packet in stream.encode(None):
             out.mux(packet)
     return buf.getvalue()
+
+
+# -- databases ----------------------------------------------------------------------------------
+
+PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+
+def _postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database on the local server, dropped afterwards."""
+    name = f"wanserve_test_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except OperationalError as exc:  # pragma: no cover - CI machines run PostgreSQL locally
+        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN}: {exc}")
+    yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'tasks.db'}"
+    else:
+        yield from _postgres_url()
+
+
+def wait_for(predicate, timeout: float = 60, every: float = 0.02):
+    """Poll `predicate` until it returns something truthy; returns that."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError("condition not met in time")

@@ -237,7 +237,7 @@ def test_video_url_with_non_ascii_signature_or_expiry_is_403(make_server):
     server = make_server(workers=0)
     with server.services.storage.temp_result("t") as tmp:
         tmp.write_bytes(b"x")
-        server.services.storage.put_result("t", tmp)
+        server.services.storage.put_result("t", 1, tmp)
     for query in ("Expires=9999999999&Signature=é", "Expires=²&Signature=abc"):
         r = httpx.get(f"{server.base}/files/results/t.mp4?{query}")
         assert_error(r, 403, "AccessDenied")

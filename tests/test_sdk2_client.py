@@ -56,7 +56,7 @@ def task_id(server: Server, body: dict) -> str:
 def run_to_the_end(server: Server, *ids: str) -> None:
     """Run one worker until the given tasks finish, then stop it, so later tasks stay PENDING."""
     stop = threading.Event()
-    threads = run_workers(server.services, EngineSet(server.services.settings.models), 1, stop)
+    threads = run_workers(server.services, EngineSet(server.services.settings.models), 1, stop).threads
     try:
         for tid in ids:
             server.wait(tid)

@@ -30,8 +30,9 @@ def test_a_result_is_stored_from_its_temp_file_and_the_temp_file_is_gone(service
     with services.storage.temp_result("t1") as tmp:
         tmp.write_bytes(b"video")
         assert partial_ids(services) == {"t1"}
-        services.storage.put_result("t1", tmp)
+        services.storage.put_result("t1", 1, tmp)
     assert set(services.storage.result_ids()) == {"t1"} and partial_ids(services) == set()
+    assert set(services.storage.result_files()) == {("t1", 1)}
 
 
 def test_a_failed_encode_leaves_no_partial_file(services):
@@ -57,6 +58,43 @@ def test_sweep_removes_results_whose_task_is_gone(services):
     for task_id in (kept, "no-such-task"):
         with services.storage.temp_result(task_id) as tmp:
             tmp.write_bytes(b"video")
-            services.storage.put_result(task_id, tmp)
+            services.storage.put_result(task_id, 1, tmp)
     assert services.sweep().orphans == 1
     assert set(services.storage.result_ids()) == {kept}
+
+
+def put(services: Services, task_id: str, attempt: int | None, data: bytes = b"video") -> None:
+    with services.storage.temp_result(task_id) as tmp:
+        tmp.write_bytes(data)
+        if attempt is None:  # a result stored before per-attempt files: results/<task_id>.mp4
+            tmp.replace(services.settings.data_dir / "results" / f"{task_id}.mp4")
+        else:
+            services.storage.put_result(task_id, attempt, tmp)
+
+
+def test_each_attempt_has_its_own_file_and_expiry_removes_them_all(services):
+    for attempt in (1, 2, None):
+        put(services, "t1", attempt)
+    put(services, "t10", 1)  # a task id that starts with another's
+    assert set(services.storage.result_files()) == {("t1", 1), ("t1", 2), ("t1", None), ("t10", 1)}
+    services.storage.remove_attempt("t1", 1)
+    assert set(services.storage.result_files()) == {("t1", 2), ("t1", None), ("t10", 1)}
+    services.storage.remove_result("t1")
+    assert set(services.storage.result_files()) == {("t10", 1)}
+
+
+def test_sweep_keeps_the_published_file_and_removes_other_attempts_once_the_task_ended(services):
+    won, canceled, legacy = new_task(services), new_task(services), new_task(services)
+    assert services.store.claim("w").id == won
+    put(services, won, 1, b"lost attempt")
+    put(services, won, 2, b"winning attempt")
+    put(services, canceled, 1)
+    assert services.sweep().orphans == 0  # running or pending: any attempt may still be published
+    assert services.store.succeed(won, "w", {"attempt": 2})
+    assert services.store.cancel(canceled, "a")
+    assert services.store.claim("w").id == legacy
+    assert services.store.succeed(legacy, "w", {"width": 832})  # stored before per-attempt files
+    put(services, legacy, None)
+    assert services.sweep().orphans == 2
+    assert set(services.storage.result_files()) == {(won, 2), (legacy, None)}
+    assert services.sweep().orphans == 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -13,37 +12,13 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, inspect, select, text, update
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy import Engine, event, inspect, select, update
+from sqlalchemy.exc import IntegrityError
 
 from wanserve.tasks.db import migrate, now_ms, open_engine, read
 from wanserve.tasks.schema import TASK_CHECKS, metadata, task_failures, tasks
 from wanserve.tasks.states import TRANSITIONS, TaskStatus, describe
 from wanserve.tasks.store import TaskStore
-
-PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-
-
-def _postgres_url() -> Iterator[str]:
-    name = f"wanserve_test_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except OperationalError as exc:  # pragma: no cover - CI machines run PostgreSQL locally
-        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN}: {exc}")
-    yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    admin.dispose()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request, tmp_path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'tasks.db'}"
-    else:
-        yield from _postgres_url()
 
 
 @pytest.fixture
@@ -82,7 +57,7 @@ def test_migrations_are_idempotent_and_match_schema_py(db_url):
     assert schema_snapshot(engine) == first
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     with engine.connect() as conn:
-        assert MigrationContext.configure(conn).get_current_revision() == head == "0002"
+        assert MigrationContext.configure(conn).get_current_revision() == head == "0003"
         assert compare_metadata(MigrationContext.configure(conn), metadata) == []  # tables, columns, indexes
     assert set(first) >= {"accounts", "api_keys", "tasks", "task_failures", "uploads", "alembic_version"}
     assert first["tasks"]["checks"] == sorted(TASK_CHECKS)  # what autogenerate does not compare
@@ -136,7 +111,8 @@ def test_check_constraints_refuse_impossible_rows(store):
 
 
 def test_the_transition_table_is_complete():
-    assert set(TRANSITIONS) == {"claim", "reclaim", "exhaust", "heartbeat", "succeed", "fail", "cancel"}
+    assert set(TRANSITIONS) == {"claim", "reclaim", "exhaust", "heartbeat", "succeed", "fail", "release",
+                                "cancel"}
     assert TRANSITIONS["cancel"].sources == (TaskStatus.PENDING, TaskStatus.RUNNING)
     assert all(f"| {event} |" in describe() for event in TRANSITIONS)
 
@@ -301,6 +277,24 @@ def test_fail_records_the_attempt_in_the_history(store):
     assert row["message"] == "bad url" and row["at_ms"] >= store.get(tid)["scheduled_ms"]
     assert not store.fail(tid, "w", "InvalidURL", "again")  # not RUNNING any more: nothing written
     assert len(store.failures(tid)) == 1
+
+
+def test_release_hands_a_running_task_back_with_its_attempt_not_counted(store):
+    tid = new_task(store)
+    assert store.claim("w1").attempts == 1
+    assert store.heartbeat(tid, "w1", {"done": 1, "total": 2})
+    assert not store.release(tid, "w2")  # only the lease holder
+    assert store.release(tid, "w1")  # every CHECK constraint holds for the row it leaves
+    row = store.get(tid)
+    assert row["status"] == TaskStatus.PENDING and row["attempts"] == 0
+    assert (row["worker_id"], row["lease_until_ms"], row["scheduled_ms"], row["progress"], row["end_ms"]) == (
+        None, None, None, None, None)
+    assert not store.release(tid, "w1")  # PENDING: nothing to hand back
+    again = store.claim("w2")  # at once, not after a lease
+    assert again is not None and again.id == tid and again.attempts == 1
+    assert store.failures(tid) == []  # a released attempt is no failure
+    assert store.cancel(tid, "acct")
+    assert not store.release(tid, "w2")
 
 
 def test_a_lost_lease_reclaimed_is_recorded_as_a_failed_attempt(store):

@@ -16,7 +16,7 @@ from sqlalchemy import update
 from wanserve.tasks.db import now_ms
 from wanserve.tasks.schema import tasks
 
-from .conftest import Server, image_bytes
+from .conftest import Server, image_bytes, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -26,14 +26,6 @@ LONG_T2V = {"model": "wan2.6-t2v",
 SHORT_T2V = {"model": "wanx2.1-t2v-turbo", "input": {"prompt": "a cat"}, "parameters": {"size": "832*480"}}
 
 
-def wait_for(predicate, timeout: float = 60, every: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError("condition not met in time")
 
 
 def spawn_worker(server: Server, lease: float) -> subprocess.Popen:
@@ -137,7 +129,8 @@ def test_video_url_refuses_tampered_and_expired_signatures(server: Server):
     assert httpx.get(url.replace("Signature=", "Signature=x")).status_code == 403
     expires = int(url.split("Expires=")[1].split("&")[0])
     assert httpx.get(url.replace(f"Expires={expires}", f"Expires={expires + 1}")).status_code == 403
-    r = httpx.get(server.services.storage.result_url(tid, server.base, int(time.time()) - 1))
+    attempt = server.services.store.get(tid)["result"]["attempt"]
+    r = httpx.get(server.services.storage.result_url(tid, attempt, server.base, int(time.time()) - 1))
     assert r.status_code == 403 and r.json()["code"] == "AccessDenied"
 
 

@@ -32,13 +32,15 @@ class _Stopped(BaseException):
 class _StopSignals:
     """SIGINT/SIGTERM handlers, installed first thing by the long-running commands. While the command
     starts, the first signal raises _Stopped in the main thread: the command closes what it opened and exits
-    0. Once `started()`, a signal only sets `stop` (and calls `on_stop`): the command finishes its work and
-    exits 0."""
+    0. Once `started()`, a signal only sets `stop` (and calls `on_stop`): the command lets running tasks
+    finish within `shutdown_grace_seconds`, hands back the rest and exits 0; a further signal (`on_repeat`)
+    cuts the grace period short."""
 
     def __init__(self) -> None:
         self.stop = threading.Event()
         self._starting = True
         self._on_stop: Callable[[], None] | None = None
+        self._on_repeat: Callable[[], None] | None = None
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._handle)
 
@@ -46,10 +48,17 @@ class _StopSignals:
         self._on_stop = on_stop
         self._starting = False
 
+    def on_repeat(self, callback: Callable[[], None]) -> None:
+        """Also call `callback` for every signal after the first (e.g. to cut a grace period short)."""
+        self._on_repeat = callback
+
     def _handle(self, signum: int, frame: Any) -> None:
+        repeated = self.stop.is_set()
         self.stop.set()
         if self._on_stop is not None:
             self._on_stop()
+        if repeated and self._on_repeat is not None:
+            self._on_repeat()
         if self._starting:
             self._starting = False  # a second signal, while the first unwinds, only sets `stop`
             raise _Stopped
@@ -84,9 +93,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     signals = _StopSignals()  # first: a signal during start-up exits 0; uvicorn takes them over once serving
     services = None
     try:
-        import uvicorn
-
         from .api.app import create_app
+        from .api.server import build_server
         from .services import Services
         from .worker.runner import run_workers
 
@@ -97,15 +105,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         engines = _engines(settings, services)
         if engines is None:
             return 2
-        server = uvicorn.Server(uvicorn.Config(create_app(services), host=settings.host, port=settings.port,
-                                               log_level="warning"))
+        server = build_server(create_app(services), settings)  # bounded: api/server.py, docs/deploy.md
         signals.started(on_stop=lambda: setattr(server, "should_exit", True))
     except _Stopped:
         if services is not None:
             services.close()
         return 0
     stop = signals.stop
-    run_workers(services, engines, settings.workers, stop)
+    pool = run_workers(services, engines, settings.workers, stop)
+    signals.on_repeat(pool.hurry)
     threading.Thread(target=services.run_sweeper, args=(stop,), daemon=True, name="sweeper").start()
     base = f"http://{settings.host}:{settings.port}/api/v1"
     print(f"wanserve: serving on {base}  (data: {settings.data_dir.resolve()}, workers: {settings.workers}, "
@@ -118,9 +126,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
               flush=True)
     print(f"wanserve: point the SDK here with: export DASHSCOPE_HTTP_BASE_URL={base}", flush=True)
     try:
-        server.run()
+        server.run()  # returns once a signal set should_exit: no new connections, open requests answered
     finally:
         stop.set()
+        # running tasks finish within the grace period, the rest are handed back (attempt not counted)
+        pool.shutdown(settings.shutdown_grace_seconds)
         services.close()
     return 0
 
@@ -143,11 +153,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
         if services is not None:
             services.close()
         return 0
-    threads = run_workers(services, engines, settings.workers, signals.stop)
+    pool = run_workers(services, engines, settings.workers, signals.stop)
+    signals.on_repeat(pool.hurry)
     print(f"wanserve: {settings.workers} worker(s) on {settings.db_url}", flush=True)
-    while any(t.is_alive() for t in threads):
-        for t in threads:
-            t.join(0.5)
+    while not signals.stop.wait(0.5):
+        pass
+    # running tasks finish within the grace period, the rest are handed back (attempt not counted)
+    pool.shutdown(settings.shutdown_grace_seconds)
     services.close()
     return 0
 

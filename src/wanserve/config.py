@@ -23,8 +23,8 @@ from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, TypeAdapter, ValidationError
-from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+from pydantic import AfterValidator, BeforeValidator, Field, TypeAdapter, ValidationError
+from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as _SourceError
 
 ENV_PREFIX = "WANSERVE_"
@@ -42,6 +42,25 @@ def _log_level(value: str) -> str:
     return level
 
 
+_HOST = re.compile(r"(\[[0-9a-f:.]+\]|[a-z0-9]([a-z0-9.-]*[a-z0-9])?)(:[0-9]{1,5})?")
+
+
+def _comma_list(value: Any) -> Any:
+    """A list given as one string (the environment): comma-separated items."""
+    return [item for item in value.split(",") if item.strip()] if isinstance(value, str) else value
+
+
+def _hosts(value: list[str]) -> list[str]:
+    hosts = [item.strip().lower() for item in value]
+    for host in hosts:
+        match = _HOST.fullmatch(host)
+        if not match or (match.group(3) and int(match.group(3)[1:]) > 65535):
+            raise ValueError(f"{host!r} is not a host name or host:port; list names as a Host header has "
+                             'them, e.g. "api.example.com", "10.0.0.5:8000" or "[::1]:8000" (no scheme, '
+                             "no path)")
+    return hosts
+
+
 class Settings(BaseSettings):
     """Every setting; each can come from the TOML file (`name = value`), the environment (WANSERVE_NAME) or,
     for some, a command-line flag. Immutable."""
@@ -54,16 +73,40 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     workers: int = Field(1, ge=0)
-    public_base_url: str = ""  # empty: the base URL of each incoming request
+    # links (video_url, upload_host) start with this; empty: the request's scheme and Host, if that Host is
+    # one of allowed_hosts (else the first allowed one)
+    public_base_url: str = ""
+    # the Host headers links may be built on when public_base_url is empty, as "name" or "name:port" (a
+    # name without a port matches the scheme's default port). Empty: this server's own host:port and its
+    # localhost / 127.0.0.1 / [::1] forms. WANSERVE_ALLOWED_HOSTS=a.example,b.example:8000
+    allowed_hosts: Annotated[list[str], NoDecode, BeforeValidator(_comma_list), AfterValidator(_hosts)] = \
+        Field(default_factory=list)
+    # the embedded HTTP server's own bounds (api/server.py, docs/deploy.md)
+    # open connections at once; beyond it the longest-idle connection still without a request is closed to
+    # make room, and if none has waited 0.5 s the newcomer's request gets a 503
+    max_connections: int = Field(1000, ge=1)
+    header_timeout_seconds: float = Field(10.0, gt=0)  # a request's line and headers must arrive within this
+    body_timeout_seconds: float = Field(30.0, gt=0)  # a request body may pause this long at most
+    # ...and must average at least this over each body_timeout_seconds (slow uploads are closed); 0: off
+    body_min_bytes_per_second: int = Field(1024, ge=0)
+    keep_alive_seconds: float = Field(5.0, gt=0)  # an idle kept-alive connection is closed after this
+    max_header_bytes: int = Field(16 * 1024, ge=1024)  # request line plus headers
+    backlog: int = Field(2048, ge=1)  # connections the kernel queues before the server accepts them
     # a dead worker's task is retried this long after its last heartbeat
     lease_seconds: float = Field(30.0, gt=0)
     poll_seconds: float = Field(0.5, gt=0)  # how often an idle worker looks for work
     max_attempts: int = Field(3, ge=1)  # runs of one task (first run plus retries after lost leases)
+    # on SIGTERM/SIGINT, running tasks may finish this long; then they are handed back (attempt not counted)
+    shutdown_grace_seconds: float = Field(10.0, ge=0)
     # tasks and result files are removed this long after they end
     task_ttl_seconds: int = Field(24 * 3600, gt=0)
     upload_ttl_seconds: int = Field(48 * 3600, gt=0)
     upload_policy_seconds: int = Field(300, gt=0)
     upload_max_mb: int = Field(100, gt=0)
+    # the largest create-request body (MiB), refused while it is read. 161 fits the largest legal request:
+    # a wan2.7 first_clip (100 MiB) and last_frame (20 MiB) sent inline as data: URLs (base64: 160 MiB),
+    # plus 1 MiB for prompts and JSON. Lower it to refuse inline media sooner (clients upload instead).
+    max_body_mb: int = Field(161, gt=0)
     sweep_seconds: float = Field(600.0, gt=0)
     # task times are shown in this zone, as the hosted service (UTC+8) does
     utc_offset_hours: float = Field(8.0, ge=-24, le=24)
@@ -257,6 +300,8 @@ def _write(kind: str) -> str:
 
 def _example(kind: str, name: str) -> str:
     value = Settings.model_fields[name].get_default(call_default_factory=True)
+    if isinstance(value, list):  # allowed_hosts
+        value = ["api.example.com", "localhost:8000"]
     if kind == "file":
         if isinstance(value, dict):
             return f'a [{name}."wan2.6-t2v"] table with engine = "preview"'
@@ -274,10 +319,14 @@ def _toml(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, (str, Path)):
         return json.dumps(str(value))
+    if isinstance(value, list):
+        return json.dumps(value)
     return repr(value)
 
 
 def _plain(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(value)
     return ("1" if value else "0") if isinstance(value, bool) else str(value)
 
 

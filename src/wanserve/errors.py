@@ -34,6 +34,8 @@ class Code(StrEnum):
     FILE_EXISTS = "FileAlreadyExists"
     ENTITY_TOO_LARGE = "EntityTooLarge"
     UNSUPPORTED_OPERATION = "UnsupportedOperation"
+    # Extension: an X-Idempotency-Key reused with another request (Alibaba Cloud's name for it)
+    IDEMPOTENT_MISMATCH = "IdempotentParameterMismatch"
     INTERNAL = "InternalError"
     INTERNAL_ALGO = "InternalError.Algo"
 
@@ -72,6 +74,13 @@ def not_found(message: str) -> ServiceError:
     return ServiceError(Code.NOT_FOUND, message)
 
 
+def idempotent_mismatch(key: str, task_id: str) -> ServiceError:
+    """An idempotency key already names a living task created from another request."""
+    return ServiceError(Code.IDEMPOTENT_MISMATCH,
+                        f"The idempotency key {key!r} was already used for task {task_id} with a different "
+                        "request; send the same request again, or use a new key for a new task.")
+
+
 def internal(message: str) -> ServiceError:
     return ServiceError(Code.INTERNAL, message)
 
@@ -93,3 +102,8 @@ class TaskCanceled(Exception):
 
 class LeaseLost(Exception):
     """Raised inside a running task when another worker now owns it (our lease ran out)."""
+
+
+class ShuttingDown(Exception):
+    """Raised inside a running task when its worker is shutting down and its grace period is over: the
+    worker hands the task back (`release`), and it runs again as if this attempt never started."""

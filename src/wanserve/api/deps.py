@@ -13,6 +13,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from ..accounts.keys import Caller, authenticate
+from ..config import Settings
 from ..errors import Code, ServiceError
 from ..services import Services
 
@@ -32,8 +33,39 @@ def request_id(request: Request) -> str:
 
 
 def public_base(request: Request) -> str:
-    """The base URL links are built on: the configured one, else this request's."""
-    return services(request).settings.public_base_url or str(request.base_url)
+    """The base URL links (video_url, upload_host) are built on: `public_base_url` when set; else this
+    request's scheme and Host if that Host is an allowed one, else the first allowed host. A client's made-up
+    Host (`Host: evil.example`) never becomes a link another client follows."""
+    settings = services(request).settings
+    if settings.public_base_url:
+        return settings.public_base_url
+    scheme = request.scope.get("scheme", "http")
+    server = request.scope.get("server") or (None, None)
+    allowed = [_without_default_port(host, scheme) for host in allowed_hosts(settings, server[1])]
+    host = _without_default_port(request.headers.get("host", ""), scheme)
+    return f"{scheme}://{host if host in allowed else allowed[0]}{request.scope.get('root_path', '')}/"
+
+
+_ANY_ADDRESS = ("", "0.0.0.0", "::", "[::]")
+
+
+def allowed_hosts(settings: Settings, port: int | None = None) -> list[str]:
+    """The Host headers links may be built on: `allowed_hosts`, else this server's own host:port and its
+    localhost, 127.0.0.1 and [::1] forms (`port`: the one really listened on, for `port = 0`)."""
+    if settings.allowed_hosts:
+        return list(settings.allowed_hosts)
+    port = settings.port or port
+    own = settings.host.strip().lower()
+    names = dict.fromkeys([*([] if own in _ANY_ADDRESS else [own]), "localhost", "127.0.0.1", "::1"])
+    return [f"{f'[{name}]' if ':' in name and not name.startswith('[') else name}{f':{port}' if port else ''}"
+            for name in names]
+
+
+def _without_default_port(host: str, scheme: str) -> str:
+    """`host` lower-cased, without the scheme's default port: "a.example:80" and "a.example" are one host."""
+    host = host.strip().lower()
+    default = ":443" if scheme == "https" else ":80"
+    return host.removesuffix(default)
 
 
 async def require_caller(

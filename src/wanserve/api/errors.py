@@ -10,8 +10,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from ..errors import Code, ServiceError
+from .bodies import wants_close
 
 log = logging.getLogger("wanserve.api")
 
@@ -25,7 +27,10 @@ def install_error_handlers(app: FastAPI, writers: Sequence[tuple[str, ErrorWrite
     def write(request: Request, code: Code, message: str, status: int | None = None) -> JSONResponse:
         path = request.url.path
         writer = next((w for prefix, w in writers if path.startswith(prefix)), writers[0][1])
-        return writer(request, code, message, status)
+        response = writer(request, code, message, status)
+        if wants_close(request):  # refused with its body unread: do not read the rest to reuse the connection
+            response.headers["Connection"] = "close"
+        return response
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
@@ -46,6 +51,16 @@ def install_error_handlers(app: FastAPI, writers: Sequence[tuple[str, ErrorWrite
             return write(request, Code.INVALID_PARAMETER,
                          f"Method {request.method} is not allowed on {request.url.path}.", 405)
         return write(request, Code.INVALID_PARAMETER, str(exc.detail), exc.status_code)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        # request.stream()/form() found the client gone mid-body: its problem, not ours, so one line and no
+        # traceback (handled here, the exception does not reach uvicorn, which would log a second one)
+        client = request.client.host if request.client else "?"
+        log.info("the connection from %s closed during %s %s before the request body was complete", client,
+                 request.method, request.url.path)
+        return write(request, Code.INVALID_PARAMETER, "The connection closed before the request body was "
+                     "complete.")  # nobody reads it
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> JSONResponse:

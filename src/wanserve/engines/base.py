@@ -4,7 +4,7 @@ An engine turns a `RenderJob` (already normalised, inputs already fetched, decod
 into exactly `job.frame_count` RGB frames of `job.width` x `job.height`, at `job.fps`. It knows
 nothing of HTTP, tasks or encoding: the worker encodes the frames (with watermark and audio) and
 records progress. Engines call `progress(done, total)` as they work; that call may raise
-`TaskCanceled` or `LeaseLost`, which the engine must let propagate.
+`TaskCanceled`, `LeaseLost` or `ShuttingDown`, which the engine must let propagate.
 """
 
 from __future__ import annotations

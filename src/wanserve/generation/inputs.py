@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from ..catalog.models import ModelSpec
-from ..errors import invalid_parameter
+from ..errors import Code, ServiceError, invalid_parameter
 from ..media.clip import WAN27_CLIP_LIMITS, check_clip
 from ..media.fetch import OssResolver, fetch_media
 from ..media.inputs import (
@@ -22,7 +22,7 @@ from ..media.inputs import (
     load_image,
 )
 from .continuation import Clip
-from .request import GenerationRequest
+from .request import GenerationRequest, MediaRole
 
 
 @dataclass(frozen=True)
@@ -42,16 +42,27 @@ def limits_for(spec: ModelSpec) -> tuple[ImageLimits, AudioLimits]:
     return image, audio
 
 
+def max_bytes_for(spec: ModelSpec, role: MediaRole) -> int:
+    """The largest file a model takes for one media role."""
+    image_limits, audio_limits = limits_for(spec)
+    return {"audio": audio_limits.max_bytes, "first_clip": WAN27_CLIP_LIMITS.max_bytes}.get(
+        role, image_limits.max_bytes)
+
+
 def fetch_inputs(req: GenerationRequest, spec: ModelSpec, *, resolver: OssResolver | None,
                  allow_private: bool, check: Callable[[], None]) -> Inputs:
-    """Download and check every media input; `check()` between downloads lets a cancel through."""
+    """Download and check every media input; `check()` between downloads lets a cancel through.
+    `resolver` reads the task's own account's uploads: oss:// URLs when the caller allowed them, and
+    always the inline data: URLs stored at create (`MediaInput.upload_key`)."""
     image_limits, audio_limits = limits_for(spec)
-    max_bytes = {"audio": audio_limits.max_bytes, "first_clip": WAN27_CLIP_LIMITS.max_bytes}
     found: dict = {}
     for media in req.media:
-        data = fetch_media(media.url, field=media.field,
-                           max_bytes=max_bytes.get(media.role, image_limits.max_bytes),
-                           oss_resolver=resolver if req.resolve_uploads else None,
+        if media.error is not None:  # an inline data: URL that could not be decoded at create
+            raise ServiceError(Code(media.error.code), media.error.message)
+        own = media.upload_key is not None
+        data = fetch_media(f"oss://{media.upload_key}" if own else media.url, field=media.field,
+                           max_bytes=max_bytes_for(spec, media.role),
+                           oss_resolver=resolver if req.resolve_uploads or own else None,
                            allow_private=allow_private)
         check()
         if media.role == "audio":

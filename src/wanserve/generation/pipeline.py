@@ -17,7 +17,7 @@ from ..engines import EngineSet
 from ..engines.base import Engine, RenderJob
 from ..media.audio import ambient_wav
 from ..media.video import encode_mp4
-from ..storage.base import Storage
+from ..storage.base import RESULT_ATTEMPT, Storage
 from ..storage.uploads import UploadStore
 from .continuation import continue_clip
 from .inputs import Inputs, fetch_inputs
@@ -26,7 +26,8 @@ from .request import GenerationRequest
 
 
 class TaskContext(Protocol):
-    """What the pipeline may ask of whoever runs it: both calls may raise TaskCanceled or LeaseLost."""
+    """What the pipeline may ask of whoever runs it: both calls may raise TaskCanceled, LeaseLost or
+    ShuttingDown."""
 
     def check(self) -> None: ...
 
@@ -39,8 +40,10 @@ class GenerationPipeline:
         self.engines, self.storage, self.uploads = engines, storage, uploads
         self.allow_private_urls = allow_private_urls
 
-    def __call__(self, task_id: str, account_id: str, req: GenerationRequest,
-                 ctx: TaskContext) -> dict[str, Any]:
+    def __call__(self, task_id: str, account_id: str, req: GenerationRequest, ctx: TaskContext, *,
+                 attempt: int) -> dict[str, Any]:
+        """Run attempt `attempt` of the task; its result file is stored under that attempt, and the facts
+        returned name it (storage.base.published_attempt) for succeed() to publish."""
         spec = find_model(req.model)
         assert spec is not None, req.model  # the normaliser stored a canonical catalog name
         # 1. fetch and check the inputs (oss:// keys resolve to the task's own account's uploads)
@@ -58,10 +61,11 @@ class GenerationPipeline:
             encode_mp4(frames, tmp, width=job.width, height=job.height, fps=job.fps,
                        frame_count=job.frame_count, audio=audio, watermark=req.watermark)
             ctx.check()
-            self.storage.put_result(task_id, tmp)
-        return {"width": job.width, "height": job.height, "fps": job.fps, "frame_count": job.frame_count,
-                "duration": req.duration, "input_video_seconds": inputs.clip.seconds if inputs.clip else 0.0,
-                "engine": engine.name, "prompt": job.prompt}
+            self.storage.put_result(task_id, attempt, tmp)
+        return {RESULT_ATTEMPT: attempt, "width": job.width, "height": job.height, "fps": job.fps,
+                "frame_count": job.frame_count, "duration": req.duration,
+                "input_video_seconds": inputs.clip.seconds if inputs.clip else 0.0, "engine": engine.name,
+                "prompt": job.prompt}
 
     @staticmethod
     def render(engine: Engine, job: RenderJob, inputs: Inputs, ctx: TaskContext) -> Iterator[np.ndarray]:
@@ -69,9 +73,10 @@ class GenerationPipeline:
             return continue_clip(engine, job, inputs.clip, ctx.progress)
         return engine.render(job, ctx.progress)
 
-    def discard(self, task_id: str) -> None:
-        """Remove a stored result nobody will read (its task was canceled as it finished)."""
-        self.storage.remove_result(task_id)
+    def discard(self, task_id: str, attempt: int) -> None:
+        """Remove attempt `attempt`'s stored result, which nobody will read (its task was canceled or taken
+        over as it finished); another attempt's file, perhaps the published result, stays."""
+        self.storage.remove_attempt(task_id, attempt)
 
 
 def soundtrack(req: GenerationRequest, inputs: Inputs) -> bytes | None:

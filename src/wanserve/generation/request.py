@@ -6,19 +6,41 @@ store keeps it as JSON; the pipeline reads nothing else. It names no HTTP flavou
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, Field
+from pydantic import AliasChoices, BaseModel, Field, SerializerFunctionWrapHandler, model_serializer
 
 MediaRole = Literal["first_frame", "last_frame", "audio", "first_clip"]
 
 
+class MediaError(BaseModel):
+    """Why a media input is unusable, found before the task ran; the task fails with it when it runs."""
+
+    code: str  # an errors.Code value
+    message: str
+
+
 class MediaInput(BaseModel):
-    """One media input of a task: what it is for, the URL as sent, and the field to name in errors."""
+    """One media input of a task: what it is for, the URL as sent, and the field to name in errors.
+
+    An inline `data:` URL is not kept here: at create its bytes become an upload of the task's own
+    account (`upload_key`; `url` keeps only the `data:<mime>;base64,` head), or, if it cannot be decoded,
+    `error` holds what the fetch would have said, so the task row stays small whatever the input."""
 
     role: MediaRole
-    url: str  # http(s), data:<mime>;base64, or upload://-style reference resolved by the upload store
+    url: str  # http(s), data:<mime>;base64 (head only once stored), or oss://<key> of an upload
     field: str
+    upload_key: str | None = None  # the bytes are this upload of the task's account, whatever the header
+    error: MediaError | None = None  # the task fails with this when it fetches the input
+
+    @model_serializer(mode="wrap")
+    def _without_empty_extras(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Stored and compared as {role, url, field} unless the input was inline."""
+        data = handler(self)
+        for name in ("upload_key", "error"):
+            if data.get(name) is None:
+                data.pop(name, None)
+        return data
 
 
 class GenerationRequest(BaseModel):

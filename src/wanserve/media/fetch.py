@@ -39,6 +39,7 @@ from wanserve.errors import Code, ServiceError
 __all__ = [
     "OssResolver",
     "address_is_forbidden",
+    "decode_data_url",
     "fetch_media",
 ]
 
@@ -99,7 +100,7 @@ def fetch_media(
     url = url.strip()
     form = url_form(url)
     if form == "data":
-        return _decode_data_url(url, field=field, max_bytes=max_bytes)
+        return decode_data_url(url, field=field, max_bytes=max_bytes)
     if form == "oss":
         return _read_oss(url[len("oss://") :], field=field, max_bytes=max_bytes, oss_resolver=oss_resolver)
     if form == "http":
@@ -123,7 +124,9 @@ def fetch_media(
 # ------------------------------------------------------------------------------------------------- data: URLs
 
 
-def _decode_data_url(url: str, *, field: str, max_bytes: int) -> bytes:
+def decode_data_url(url: str, *, field: str, max_bytes: int) -> bytes:
+    """The bytes of a `data:<mime>;base64,<data>` URL, at most `max_bytes` (checked from the encoded length
+    before decoding); ServiceError (InvalidParameter, InvalidFile.Size) naming `field` otherwise."""
     header, sep, payload = url[len("data:") :].partition(",")
     if not sep:
         raise ServiceError(

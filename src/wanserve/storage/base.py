@@ -3,14 +3,28 @@
 Callers name things (a task id, an upload key); only a `Storage` implementation knows where they
 live. The one path that crosses this seam is a temp file the pipeline writes a result into
 (`temp_result`) and hands back with `put_result`.
+
+Each attempt of a task stores its result under its own name (task id and attempt number), and the
+facts the guarded `succeed()` stores name the attempt that won (`published_attempt`). So a worker
+that lost its task at the last moment removes only its own file (`remove_attempt`), never the
+result of the worker that took the task over.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
+
+RESULT_ATTEMPT = "attempt"  # the key, in a SUCCEEDED task's facts, of the attempt whose file is the result
+
+
+def published_attempt(result: Mapping[str, Any]) -> int | None:
+    """The attempt whose result file a SUCCEEDED task's facts publish. None: the task succeeded before
+    results were stored per attempt, and its one file has the task's plain name."""
+    attempt = result.get(RESULT_ATTEMPT)
+    return int(attempt) if attempt is not None else None
 
 
 class Storage(Protocol):
@@ -19,18 +33,31 @@ class Storage(Protocol):
         """A fresh temp file path for `task_id`'s result, removed on exit if still there."""
         ...
 
-    def put_result(self, task_id: str, source: Path) -> None:
-        """Make `source` (a finished temp file) the task's result, atomically."""
+    def put_result(self, task_id: str, attempt: int, source: Path) -> None:
+        """Store `source` (a finished temp file) as attempt `attempt`'s result file, atomically. It becomes
+        the task's result when succeed() stores facts naming that attempt."""
         ...
 
-    def result_url(self, task_id: str, base_url: str, expires_s: int) -> str:
-        """A URL that grants GET on the result until `expires_s` (epoch seconds)."""
+    def result_url(self, task_id: str, attempt: int | None, base_url: str, expires_s: int) -> str:
+        """A URL that grants GET on attempt `attempt`'s result file (`published_attempt`) until
+        `expires_s` (epoch seconds)."""
         ...
 
-    def remove_result(self, task_id: str) -> None: ...
+    def remove_result(self, task_id: str) -> None:
+        """Remove every result file of the task, whichever attempt wrote it (the task expired)."""
+        ...
+
+    def remove_attempt(self, task_id: str, attempt: int | None) -> None:
+        """Remove one attempt's result file, and no other (None: the file stored before per-attempt
+        files)."""
+        ...
 
     def result_ids(self) -> Iterable[str]:
-        """Task ids that have a stored result (for the orphan sweep)."""
+        """Task ids that have a stored result file, each once."""
+        ...
+
+    def result_files(self) -> Iterable[tuple[str, int | None]]:
+        """(task id, attempt) of each stored result file (for the orphan sweep)."""
         ...
 
     def partial_results(self) -> Iterable[tuple[str, str]]:
@@ -40,7 +67,9 @@ class Storage(Protocol):
     def remove_partial(self, handle: str) -> None: ...
 
     # -- uploads ----------------------------------------------------------------------------
-    def save_upload(self, key: str, data: bytes) -> None: ...
+    def save_upload(self, key: str, data: bytes | BinaryIO) -> None:
+        """Store an upload atomically: bytes, or a binary file copied from its current position."""
+        ...
 
     def upload_exists(self, key: str) -> bool: ...
 

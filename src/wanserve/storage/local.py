@@ -1,14 +1,18 @@
 """Files on local disk, served by wanserve itself behind signed, expiring URLs.
 
-Layout under the data dir: results/<task_id>.mp4, partial/ (results being written; a killed
-worker's leftovers are swept), uploads/<key>.
+Layout under the data dir: results/<task_id>.<attempt>.mp4 (one file per attempt that finished
+encoding; the task's facts name the one published), partial/ (results being written; a killed
+worker's leftovers are swept), uploads/<key>. A result stored before per-attempt files is
+results/<task_id>.mp4 (attempt None) and is still served, swept and expired.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import re
+import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -31,8 +35,8 @@ class LocalStorage:
 
     # -- results ------------------------------------------------------------------------
 
-    def _result(self, task_id: str) -> Path:
-        return self.root / "results" / f"{task_id}.mp4"
+    def _result(self, task_id: str, attempt: int | None) -> Path:
+        return self.root / "results" / _result_name(task_id, attempt)
 
     @contextlib.contextmanager
     def temp_result(self, task_id: str) -> Iterator[Path]:
@@ -42,14 +46,26 @@ class LocalStorage:
         finally:
             path.unlink(missing_ok=True)
 
-    def put_result(self, task_id: str, source: Path) -> None:
-        os.replace(source, self._result(task_id))
+    def put_result(self, task_id: str, attempt: int, source: Path) -> None:
+        os.replace(source, self._result(task_id, attempt))
 
     def remove_result(self, task_id: str) -> None:
-        self._result(task_id).unlink(missing_ok=True)
+        self._result(task_id, None).unlink(missing_ok=True)
+        for path in (self.root / "results").glob(f"{glob.escape(task_id)}.*.mp4"):
+            if (_parse_result_name(path.name) or ("", None))[0] == task_id:
+                path.unlink(missing_ok=True)
+
+    def remove_attempt(self, task_id: str, attempt: int | None) -> None:
+        self._result(task_id, attempt).unlink(missing_ok=True)
 
     def result_ids(self) -> Iterator[str]:
-        return (p.stem for p in (self.root / "results").glob("*.mp4"))
+        return iter(dict.fromkeys(task_id for task_id, _ in self.result_files()))
+
+    def result_files(self) -> Iterator[tuple[str, int | None]]:
+        for p in (self.root / "results").glob("*.mp4"):
+            parsed = _parse_result_name(p.name)
+            if parsed is not None:
+                yield parsed
 
     def partial_results(self) -> Iterator[tuple[str, str]]:
         """Temp results, and the encoder's own temp files beside them (`.<name>.<hex>.part`)."""
@@ -65,8 +81,8 @@ class LocalStorage:
     def _result_signature(self, name: str, expires: str) -> str:
         return f"results/{name}\n{expires}"
 
-    def result_url(self, task_id: str, base_url: str, expires_s: int) -> str:
-        name = f"{task_id}.mp4"
+    def result_url(self, task_id: str, attempt: int | None, base_url: str, expires_s: int) -> str:
+        name = _result_name(task_id, attempt)
         signature = self.signer.sign(self._result_signature(name, str(expires_s)))
         return f"{base_url.rstrip('/')}{RESULTS_ROUTE}/{name}?Expires={expires_s}&Signature={signature}"
 
@@ -94,12 +110,16 @@ class LocalStorage:
                                     "use plain file names (letters, digits, '.', '_', '-').")
         return self.root / "uploads" / Path(*parts)
 
-    def save_upload(self, key: str, data: bytes) -> None:
+    def save_upload(self, key: str, data: bytes | BinaryIO) -> None:
         path = self._upload(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + f".{uuid.uuid4().hex[:8]}.part")
         try:
-            tmp.write_bytes(data)
+            if isinstance(data, bytes):
+                tmp.write_bytes(data)
+            else:
+                with tmp.open("wb") as out:
+                    shutil.copyfileobj(data, out, 1 << 20)
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
@@ -114,3 +134,17 @@ class LocalStorage:
     def remove_upload(self, key: str) -> None:
         with contextlib.suppress(ServiceError):
             self._upload(key).unlink(missing_ok=True)
+
+
+def _result_name(task_id: str, attempt: int | None) -> str:
+    return f"{task_id}.mp4" if attempt is None else f"{task_id}.{int(attempt)}.mp4"
+
+
+def _parse_result_name(name: str) -> tuple[str, int | None] | None:
+    """(task id, attempt) of a result file name (task ids are UUIDs: no dots); None if not one."""
+    if not name.endswith(".mp4") or name.startswith("."):
+        return None
+    head, dot, tail = name[:-len(".mp4")].rpartition(".")
+    if not dot:
+        return tail, None
+    return (head, int(tail)) if tail.isascii() and tail.isdigit() else None

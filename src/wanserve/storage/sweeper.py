@@ -1,6 +1,7 @@
 """Expiry and clean-up: tasks and their videos live 24 h after they end, uploads 48 h (contract
 section 7), and files nothing refers to any more (a killed worker's partial results, a result whose
-task row is gone) are removed."""
+task row is gone, the result files of an ended task's attempts other than the one it published) are
+removed."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import logging
 import threading
 from dataclasses import dataclass
 
-from ..tasks.states import TaskStatus
+from ..tasks.states import TERMINAL, TaskStatus
 from ..tasks.store import TaskStore
-from .base import Storage
+from .base import Storage, published_attempt
 from .uploads import UploadStore
 
 log = logging.getLogger("wanserve.sweeper")
@@ -36,8 +37,10 @@ def sweep(store: TaskStore, uploads: UploadStore, storage: Storage) -> Swept:
 
 
 def sweep_orphans(store: TaskStore, storage: Storage) -> int:
-    """Remove partial results of tasks no longer RUNNING (their worker died or gave up) and results
-    whose task row no longer exists."""
+    """Remove partial results of tasks no longer RUNNING (their worker died or gave up), result files
+    whose task row no longer exists, and an ended task's result files other than the one its facts
+    publish (attempts that finished encoding but lost the task). Ended is final, so a file kept or
+    removed here cannot become the published one later; a running task's files are all kept."""
     partials = list(storage.partial_results())
     statuses = store.statuses({task_id for task_id, _ in partials})
     removed = 0
@@ -45,12 +48,18 @@ def sweep_orphans(store: TaskStore, storage: Storage) -> int:
         if statuses.get(task_id) != TaskStatus.RUNNING:
             storage.remove_partial(handle)
             removed += 1
-    results = list(storage.result_ids())
-    known = store.statuses(set(results))
-    for task_id in results:
-        if task_id not in known:
-            storage.remove_result(task_id)
-            removed += 1
+    files = list(storage.result_files())
+    outcomes = store.outcomes({task_id for task_id, _ in files})
+    for task_id, attempt in files:
+        outcome = outcomes.get(task_id)
+        if outcome is not None:
+            status, result = outcome
+            if status not in TERMINAL:
+                continue
+            if status == TaskStatus.SUCCEEDED and result is not None and published_attempt(result) == attempt:
+                continue
+        storage.remove_attempt(task_id, attempt)
+        removed += 1
     return removed
 
 

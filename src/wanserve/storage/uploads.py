@@ -5,8 +5,10 @@ table, owned here only), and reading an upload back for its own account while it
 from __future__ import annotations
 
 import json
+import os
 import time
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, BinaryIO
 
 from sqlalchemy import Engine, delete, insert, select
 
@@ -43,18 +45,34 @@ class UploadStore:
 
     # -- files ----------------------------------------------------------------------------
 
-    def save(self, key: str, account_id: str, model: str, data: bytes) -> None:
-        """Store the file and its row; never one without the other."""
+    def save(self, key: str, account_id: str, model: str, data: bytes | BinaryIO) -> None:
+        """Store the file (bytes, or a binary file read from its start) and its row; never one without
+        the other."""
         if self.storage.upload_exists(key):
             raise ServiceError(Code.FILE_EXISTS, "The object already exists; request a new policy.")
+        if isinstance(data, bytes):
+            size = len(data)
+        else:
+            size = data.seek(0, os.SEEK_END)
+            data.seek(0)
         self.storage.save_upload(key, data)
         try:
             with write(self.db) as conn:
                 conn.execute(insert(uploads).values(key=key, account_id=account_id, model=model,
-                                                    size=len(data), created_ms=now_ms()))
-        except Exception:
+                                                    size=size, created_ms=now_ms()))
+        except BaseException:
             self.storage.remove_upload(key)
             raise
+
+    def remove(self, keys: Iterable[str]) -> None:
+        """Remove uploads now (rows, then files), e.g. a refused create's inline media."""
+        keys = list(keys)
+        if not keys:
+            return
+        with write(self.db) as conn:
+            conn.execute(delete(uploads).where(uploads.c.key.in_(keys)))
+        for key in keys:
+            self.storage.remove_upload(key)
 
     def resolver(self, account_id: str) -> OssResolver:
         """oss:// keys resolve only to live uploads of `account_id`."""

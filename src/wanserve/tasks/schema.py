@@ -82,10 +82,19 @@ tasks = Table(
     Column("worker_id", String(64)),
     Column("lease_until_ms", BigInteger),
     Column("attempts", Integer, nullable=False, default=0),
+    # Extension (migration 0003): the client's X-Idempotency-Key, unique per account while the task
+    # lives, and the sha256 of the request it came with (another request under the key is a conflict).
+    Column("idempotency_key", String(255)),
+    Column("request_hash", String(64)),
     *(CheckConstraint(sql, name=name) for name, sql in TASK_CHECKS.items()),
 )
 Index("ix_tasks_status_submit", tasks.c.status, tasks.c.submit_ms)
-Index("ix_tasks_account_submit", tasks.c.account_id, tasks.c.submit_ms)
+# The list (GET /tasks): one account's window, newest first (submit_ms DESC, id: the list's order), with
+# every column its filters and the lifetime rule read, so both the count and a page's ids come from
+# the index alone (PostgreSQL: an index-only scan; SQLite: a covering index). Migration 0003.
+Index("ix_tasks_account_list", tasks.c.account_id, tasks.c.submit_ms.desc(), tasks.c.id, tasks.c.status,
+      tasks.c.model, tasks.c.end_ms)
+Index("ux_tasks_account_idempotency", tasks.c.account_id, tasks.c.idempotency_key, unique=True)
 
 # One row per failed attempt of a task (a worker's fail(), or a lease lost because its worker stopped
 # responding), kept as long as the task; the task row itself holds only the final outcome.

@@ -45,6 +45,9 @@ TRANSITIONS: dict[str, Transition] = {t.event: t for t in (
     Transition("heartbeat", (_T.RUNNING,), _T.RUNNING, "by the lease holder: extends the lease"),
     Transition("succeed", (_T.RUNNING,), _T.SUCCEEDED, "by the lease holder, with a result"),
     Transition("fail", (_T.RUNNING,), _T.FAILED, "by the lease holder, with a code and a message"),
+    Transition("release", (_T.RUNNING,), _T.PENDING,
+               "by the lease holder, as its process shuts down: lease, worker and progress cleared and the "
+               "attempt not counted (attempts - 1); claimed again, oldest first"),
     Transition("cancel", (_T.PENDING, _T.RUNNING), _T.CANCELED,
                "by the task's account; a running worker notices at its next heartbeat"),
 )}

@@ -4,6 +4,7 @@
        |                 |  \\--fail-----> FAILED
        |                 |   \\--lease runs out--> RUNNING again (reclaim, by another worker)
        \\--cancel--> CANCELED <--cancel--/         or FAILED once max_attempts runs are used (exhaust)
+    RUNNING --release--> PENDING (its worker shuts down: the attempt is handed back, not counted)
 
 Every transition is one UPDATE guarded by the states it leaves (`TRANSITIONS[event].sources`; for
 a worker's own transitions also by its worker id), so concurrent workers on SQLite or PostgreSQL
@@ -13,7 +14,11 @@ too (CHECK constraints, migration 0002). Leases make a dead worker's task claima
 is kept in `task_failures`, written in the transaction of the transition that ends the attempt.
 
 The store also owns a task's lifetime (`task_ttl_seconds` after it ends): reads leave out tasks
-past it and expire() deletes them, from the one cut-off `alive_since_ms()`.
+past it and expire() deletes them, from the one cut-off `alive_since_ms()`. A client's idempotency
+key (create) is unique per account among living tasks: a task past its lifetime frees it.
+
+A list is one account's window: its count and its page's ids are read from the list's covering
+index alone (migration 0003), and both stop at the window's newest `list_limit` tasks.
 
 Reads use read transactions (no write lock on SQLite); an idle worker's claim() is a read too.
 """
@@ -28,6 +33,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Engine,
+    Select,
     and_,
     case,
     delete,
@@ -39,13 +45,17 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.exc import IntegrityError
 
-from ..errors import Code
+from ..errors import Code, idempotent_mismatch
 from .db import now_ms, read, write
 from .schema import task_failures, tasks
 from .states import TERMINAL, TRANSITIONS, TaskStatus
 
 DEFAULT_TASK_TTL_SECONDS = 24 * 3600
+# A list answers at most the newest LIST_LIMIT tasks of its window (`total` counts no further), so its
+# cost is bounded however many tasks an account has in a day: narrow the window to page further back.
+LIST_LIMIT = 5_000
 
 LOST_MESSAGE = "The worker {worker} stopped responding (its lease ran out) during attempt {attempt}."
 EXHAUSTED_MESSAGE = ("The task was interrupted {n} times (its worker stopped responding); please submit it "
@@ -73,8 +83,9 @@ def _to(event: str) -> str:
 
 class TaskStore:
     def __init__(self, engine: Engine, *, lease_seconds: float = 30.0, max_attempts: int = 3,
-                 task_ttl_seconds: float = DEFAULT_TASK_TTL_SECONDS) -> None:
+                 task_ttl_seconds: float = DEFAULT_TASK_TTL_SECONDS, list_limit: int = LIST_LIMIT) -> None:
         self.engine = engine
+        self.list_limit = list_limit
         self.lease_ms = int(lease_seconds * 1000)
         self.max_attempts = max_attempts
         self.ttl_ms = int(task_ttl_seconds * 1000)
@@ -88,13 +99,40 @@ class TaskStore:
     # -- API side -------------------------------------------------------------------------
 
     def create(self, *, account_id: str, api_key_id: str, request_id: str, model: str, endpoint: str,
-               request: dict[str, Any]) -> dict[str, Any]:
+               request: dict[str, Any], idempotency_key: str | None = None,
+               request_hash: str | None = None) -> dict[str, Any]:
+        """A new PENDING task. With `idempotency_key` (unique per account while its task lives): the
+        living task already created under the key if `request_hash` matches its own (so the caller
+        can tell by its id, or its request_id, that it is not new), ServiceError
+        IdempotentParameterMismatch if not. Atomic: of concurrent creates with one key, one inserts and
+        the others (their insert refused by the unique index) read its task."""
         row = {"id": str(uuid.uuid4()), "account_id": account_id, "api_key_id": api_key_id,
                "request_id": request_id, "model": model, "endpoint": endpoint,
                "status": TaskStatus.PENDING.value, "request": request, "submit_ms": now_ms(), "attempts": 0}
-        with write(self.engine) as conn:
-            conn.execute(tasks.insert().values(**row))
-        return row
+        if idempotency_key is None:
+            with write(self.engine) as conn:
+                conn.execute(tasks.insert().values(**row))
+            return row
+        row.update(idempotency_key=idempotency_key, request_hash=request_hash)
+        same_key = and_(tasks.c.account_id == account_id, tasks.c.idempotency_key == idempotency_key)
+        for _ in range(3):  # a winner can only vanish under expire() (it would have to be past its lifetime)
+            with write(self.engine) as conn:
+                # A task past its lifetime frees its key, whether or not expire() has deleted it yet.
+                conn.execute(update(tasks).where(same_key, ~_alive(self.alive_since_ms()))
+                             .values(idempotency_key=None, request_hash=None))
+                try:
+                    with conn.begin_nested():  # a savepoint: PostgreSQL's transaction survives the refusal
+                        conn.execute(tasks.insert().values(**row))
+                    return row
+                except IntegrityError:
+                    # PostgreSQL: the insert waited for the other transaction's commit; in READ COMMITTED
+                    # this next statement sees it. SQLite: writers are serialised, it committed first.
+                    winner = conn.execute(select(tasks).where(same_key)).mappings().first()
+            if winner is not None:
+                if winner["request_hash"] != request_hash:
+                    raise idempotent_mismatch(idempotency_key, winner["id"])
+                return dict(winner)
+        raise RuntimeError(f"create with idempotency key {idempotency_key!r} kept colliding")
 
     def get(self, task_id: str, account_id: str | None = None, *,
             alive_only: bool = False) -> dict[str, Any] | None:
@@ -113,7 +151,29 @@ class TaskStore:
              status: str | None = None, task_id: str | None = None, page_no: int = 1,
              page_size: int = 10) -> tuple[int, list[dict[str, Any]]]:
         """One page of the account's living tasks submitted in [start_ms, end_ms], newest first, and
-        how many there are in all."""
+        how many there are in all, both within the newest `list_limit` of them (pages past it are empty)."""
+        count, page = self.list_queries(account_id, start_ms=start_ms, end_ms=end_ms, model=model,
+                                        status=status, task_id=task_id, page_no=page_no, page_size=page_size)
+        offset = (page_no - 1) * page_size
+        wanted = max(0, min(page_size, self.list_limit - offset))
+        with read(self.engine) as conn:
+            rows = conn.execute(page).mappings().all() if wanted else []
+            if 0 < len(rows) < wanted or (not rows and offset == 0):
+                total = offset + len(rows)  # the page holds the last of them: no need to count
+            else:
+                total = conn.execute(count).scalar_one()
+        return total, [dict(r) for r in rows]
+
+    def list_queries(self, account_id: str, *, start_ms: int, end_ms: int, model: str | None = None,
+                     status: str | None = None, task_id: str | None = None, page_no: int = 1,
+                     page_size: int = 10) -> tuple[Select, Select]:
+        """list()'s two statements (the count, the page), for list() and for EXPLAIN in the tests; both
+        stop at the newest `list_limit` tasks.
+
+        Both read only `ix_tasks_account_list`'s columns in its order (account_id, submit_ms DESC, id,
+        status, model, end_ms) until the page's ids are known: the count is an index-only scan of the
+        window, and the page is a deferred join: its ids are picked (and the offset skipped) in the
+        index, and only its own rows are read from the table."""
         since = self.alive_since_ms()
         cond = [tasks.c.account_id == account_id, tasks.c.submit_ms >= start_ms, tasks.c.submit_ms <= end_ms,
                 _alive(since)]
@@ -124,11 +184,14 @@ class TaskStore:
         if task_id:
             cond.append(tasks.c.id == task_id)
         where = and_(*cond)
-        with read(self.engine) as conn:
-            total = conn.execute(select(func.count()).select_from(tasks).where(where)).scalar_one()
-            rows = conn.execute(select(tasks).where(where).order_by(tasks.c.submit_ms.desc(), tasks.c.id)
-                                .limit(page_size).offset((page_no - 1) * page_size)).mappings().all()
-        return total, [dict(r) for r in rows]
+        newest = select(literal(1).label("one")).where(where).limit(self.list_limit).subquery("newest")
+        count = select(func.count()).select_from(newest)
+        offset = (page_no - 1) * page_size
+        ids = (select(tasks.c.id, tasks.c.submit_ms).where(where)
+               .order_by(tasks.c.submit_ms.desc(), tasks.c.id)
+               .limit(max(0, min(page_size, self.list_limit - offset))).offset(offset).subquery("page"))
+        page = select(tasks).join(ids, ids.c.id == tasks.c.id).order_by(ids.c.submit_ms.desc(), ids.c.id)
+        return count, page
 
     def cancel(self, task_id: str, account_id: str) -> bool:
         """PENDING or RUNNING -> CANCELED. A running worker notices at its next heartbeat or progress
@@ -228,6 +291,18 @@ class TaskStore:
                                                       code=str(code), message=message, at_ms=now))
         return True
 
+    def release(self, task_id: str, worker_id: str) -> bool:
+        """RUNNING (ours) -> PENDING, as our process shuts down: the lease, worker and progress are
+        cleared and the attempt is not counted (attempts - 1), so the task is claimed again at once,
+        oldest first, with all its attempts. False: canceled or taken over meanwhile; nothing was
+        written. Call it only once the attempt has stopped and stored no result: the next claim
+        gets the same attempt number."""
+        stmt = (update(tasks).where(self._own(task_id, worker_id, "release"))
+                .values(status=_to("release"), worker_id=None, lease_until_ms=None, scheduled_ms=None,
+                        progress=None, attempts=tasks.c.attempts - 1))
+        with write(self.engine) as conn:
+            return conn.execute(stmt).rowcount == 1
+
     def status(self, task_id: str) -> TaskStatus | None:
         with read(self.engine) as conn:
             value = conn.execute(select(tasks.c.status).where(tasks.c.id == task_id)).scalar_one_or_none()
@@ -241,6 +316,18 @@ class TaskStore:
             for i in range(0, len(ids), 500):  # bounded IN lists
                 query = select(tasks.c.id, tasks.c.status).where(tasks.c.id.in_(ids[i:i + 500]))
                 found.update((row.id, TaskStatus(row.status)) for row in conn.execute(query))
+        return found
+
+    def outcomes(self, task_ids: Iterable[str]) -> dict[str, tuple[TaskStatus, dict[str, Any] | None]]:
+        """The status and result (the facts succeed() stored; None unless SUCCEEDED) of each of
+        `task_ids` that exists, for the orphan sweep."""
+        ids = sorted(set(task_ids))
+        found: dict[str, tuple[TaskStatus, dict[str, Any] | None]] = {}
+        with read(self.engine) as conn:
+            for i in range(0, len(ids), 500):  # bounded IN lists
+                query = (select(tasks.c.id, tasks.c.status, tasks.c.result)
+                         .where(tasks.c.id.in_(ids[i:i + 500])))
+                found.update((row.id, (TaskStatus(row.status), row.result)) for row in conn.execute(query))
         return found
 
     def failures(self, task_id: str) -> list[dict[str, Any]]:

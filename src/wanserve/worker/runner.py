@@ -4,6 +4,12 @@ While a task runs, a keeper thread renews its lease every `heartbeat_s` and writ
 progress. When the renewal matches no row the task was canceled (or, after a long stall, taken
 over by another worker): the keeper raises a flag, and the pipeline's next progress report or
 check raises TaskCanceled / LeaseLost, so a running task stops within about a quarter second.
+
+A process runs its workers as a `WorkerPool`. `shutdown(grace_seconds)` stops claiming, lets
+running tasks finish within the grace period, then raises the pool's hand-back flag: each
+pipeline still running stops at its next progress report or check (ShuttingDown) and its worker
+hands the task back (`release`: PENDING again, the attempt not counted), so another worker takes
+it at once instead of after its lease runs out.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import uuid
 from typing import Any
 
 from ..engines import EngineSet
-from ..errors import LeaseLost, ServiceError, TaskCanceled, algo_failure, out_of_memory
+from ..errors import LeaseLost, ServiceError, ShuttingDown, TaskCanceled, algo_failure, out_of_memory
 from ..generation.pipeline import GenerationPipeline
 from ..generation.request import GenerationRequest
 from ..services import Services
@@ -35,9 +41,11 @@ def new_worker_id() -> str:
 class Keeper(threading.Thread):
     """Renews one task's lease and publishes its progress until stopped; the pipeline's TaskContext."""
 
-    def __init__(self, store: TaskStore, task_id: str, worker_id: str, interval: float) -> None:
+    def __init__(self, store: TaskStore, task_id: str, worker_id: str, interval: float,
+                 hand_back: threading.Event | None = None) -> None:
         super().__init__(daemon=True, name=f"keeper-{task_id[:8]}")
         self.store, self.task_id, self.worker_id, self.interval = store, task_id, worker_id, interval
+        self.hand_back = hand_back or threading.Event()  # set: the process is shutting down, grace over
         self.latest: dict[str, Any] | None = None
         self.lost: type[Exception] | None = None
         self.done = threading.Event()
@@ -58,6 +66,12 @@ class Keeper(threading.Thread):
         return False
 
     def check(self) -> None:
+        self.check_ours()
+        if self.hand_back.is_set():
+            raise ShuttingDown(self.task_id)
+
+    def check_ours(self) -> None:
+        """Raise if the task was canceled or taken over (not for a shutdown: a finished result is kept)."""
         if self.lost is not None:
             raise self.lost(self.task_id)
 
@@ -71,10 +85,12 @@ class Keeper(threading.Thread):
 
 class Worker:
     def __init__(self, store: TaskStore, pipeline: GenerationPipeline, *, lease_seconds: float,
-                 poll_seconds: float, worker_id: str | None = None) -> None:
+                 poll_seconds: float, worker_id: str | None = None,
+                 hand_back: threading.Event | None = None) -> None:
         self.store, self.pipeline, self.poll_seconds = store, pipeline, poll_seconds
         self.worker_id = worker_id or new_worker_id()
         self.heartbeat_s = min(0.25, lease_seconds / 3)
+        self.hand_back = hand_back or threading.Event()  # set: stop the running task and release it
 
     def run_forever(self, stop: threading.Event) -> None:
         log.info("worker %s started", self.worker_id)
@@ -95,23 +111,32 @@ class Worker:
         return True
 
     def run_task(self, claimed: Claimed) -> None:
-        task_id = claimed.id
-        log.info("task %s: attempt %d on %s", task_id, claimed.attempts, self.worker_id)
-        keeper = Keeper(self.store, task_id, self.worker_id, self.heartbeat_s)
+        task_id, attempt = claimed.id, claimed.attempts
+        log.info("task %s: attempt %d on %s", task_id, attempt, self.worker_id)
+        keeper = Keeper(self.store, task_id, self.worker_id, self.heartbeat_s, self.hand_back)
         keeper.start()
         try:
             req = GenerationRequest.model_validate(claimed.request)
-            facts = self.pipeline(task_id, claimed.account_id, req, keeper)
-            keeper.check()
-            if self.store.succeed(task_id, self.worker_id, facts):
+            facts = self.pipeline(task_id, claimed.account_id, req, keeper, attempt=attempt)
+            keeper.check_ours()
+            if self.store.succeed(task_id, self.worker_id, facts):  # publishes this attempt's file
                 log.info("task %s: SUCCEEDED", task_id)
-            else:  # canceled or taken over at the last moment
-                self.pipeline.discard(task_id)
+            else:  # canceled or taken over at the last moment: remove our file, never the new owner's
+                self.pipeline.discard(task_id, attempt)
         except TaskCanceled:
             log.info("task %s: canceled while running", task_id)
-            self.pipeline.discard(task_id)
+            self.pipeline.discard(task_id, attempt)
         except LeaseLost:
             log.warning("task %s: lease lost; another worker owns it now", task_id)
+            self.pipeline.discard(task_id, attempt)
+        except ShuttingDown:
+            # discard first: once released, the next claim runs under the same attempt number
+            self.pipeline.discard(task_id, attempt)
+            if self.store.release(task_id, self.worker_id):
+                log.info("task %s: handed back as the worker shuts down (attempt %d not counted)",
+                         task_id, attempt)
+            else:
+                log.info("task %s: not ours any more (canceled or taken over); nothing to hand back", task_id)
         except Exception as exc:  # noqa: BLE001 - any failure must end the task FAILED, not the worker
             self.record_failure(task_id, exc)
         finally:
@@ -131,15 +156,53 @@ class Worker:
                      task_id)
 
 
-def run_workers(services: Services, engines: EngineSet, count: int,
-                stop: threading.Event) -> list[threading.Thread]:
-    """Start `count` worker threads on one shared pipeline; they stop when `stop` is set."""
+class WorkerPool:
+    """A process's worker threads, and how they stop: `stop` set, each finishes its task and exits;
+    `shutdown()` bounds that by a grace period and hands back what is still running."""
+
+    def __init__(self, workers: list[Worker], threads: list[threading.Thread], stop: threading.Event,
+                 hand_back: threading.Event) -> None:
+        self.workers, self.threads, self.stop, self.hand_back = workers, threads, stop, hand_back
+        self._hurry = threading.Event()
+
+    def alive(self) -> bool:
+        return any(t.is_alive() for t in self.threads)
+
+    def hurry(self) -> None:
+        """End the grace period now (e.g. a second signal): running tasks are handed back at once."""
+        self._hurry.set()
+
+    def shutdown(self, grace_seconds: float, *, stop_seconds: float = 10.0) -> bool:
+        """Stop claiming; let running tasks finish for up to `grace_seconds` (less if `hurry()`); then
+        stop the rest at their next progress report or check and release them (PENDING again, the
+        attempt not counted), waiting up to `stop_seconds` for that. True if every worker stopped; a
+        worker stuck past that keeps its lease, which runs out as if the process had died."""
+        self.stop.set()
+        self._join(time.monotonic() + grace_seconds, until=self._hurry)
+        if self.alive():
+            log.info("shutting down: handing back the tasks still running")
+            self.hand_back.set()
+            self._join(time.monotonic() + stop_seconds)
+        return not self.alive()
+
+    def _join(self, deadline: float, until: threading.Event | None = None) -> None:
+        while self.alive() and time.monotonic() < deadline and not (until is not None and until.is_set()):
+            for t in self.threads:
+                t.join(min(0.05, max(0.0, deadline - time.monotonic())))
+
+
+def run_workers(services: Services, engines: EngineSet, count: int, stop: threading.Event) -> WorkerPool:
+    """Start `count` worker threads on one shared pipeline; they stop claiming when `stop` is set, and
+    `shutdown()` on the pool returned stops them within a grace period."""
     pipeline = services.pipeline(engines)
     s = services.settings
-    threads = []
+    hand_back = threading.Event()
+    workers, threads = [], []
     for i in range(count):
-        worker = Worker(services.store, pipeline, lease_seconds=s.lease_seconds, poll_seconds=s.poll_seconds)
+        worker = Worker(services.store, pipeline, lease_seconds=s.lease_seconds, poll_seconds=s.poll_seconds,
+                        hand_back=hand_back)
         t = threading.Thread(target=worker.run_forever, args=(stop,), daemon=True, name=f"worker-{i}")
         t.start()
+        workers.append(worker)
         threads.append(t)
-    return threads
+    return WorkerPool(workers, threads, stop, hand_back)

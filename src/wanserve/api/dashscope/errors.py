@@ -15,6 +15,7 @@ STATUS_BY_CODE: dict[Code, int] = {
     Code.ACCESS_DENIED: 403,
     Code.NOT_FOUND: 404,
     Code.FILE_EXISTS: 409,
+    Code.IDEMPOTENT_MISMATCH: 409,
     Code.INTERNAL: 500,
     Code.INTERNAL_ALGO: 500,
 }

@@ -25,6 +25,7 @@ from ...generation.request import GenerationRequest, MediaInput
 from ...media.fetch import url_form
 
 SEED_MAX = 2147483647
+URL_MAX = 16384  # characters of an http(s) or oss:// URL (signed URLs run to 1-2 KB)
 MEDIA_COMBINATIONS = {
     frozenset({"first_frame"}),
     frozenset({"first_frame", "driving_audio"}),
@@ -66,6 +67,9 @@ def _get_int(params: dict, key: str) -> int | None:
 def _check_url(url: str, field: str, oss_resolve: bool) -> str:
     url = url.strip()
     form = url_form(url)
+    if form != "data" and len(url) > URL_MAX:  # data: URLs are stored as uploads, out of the task row
+        raise invalid_parameter(f"{field}: the URL is {len(url)} characters long; the limit is {URL_MAX}. "
+                                "Send a shorter URL, or upload the file and send its oss:// URL.")
     if form == "http":
         return url
     if form == "data":

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
@@ -11,8 +13,11 @@ from starlette.concurrency import run_in_threadpool
 
 from ...accounts.keys import Caller
 from ...errors import Code, ServiceError, invalid_parameter
+from ...generation.inline import remove_inline_media, store_inline_media
+from ...storage.base import published_attempt
 from ...tasks.db import now_ms
 from ...tasks.states import TaskStatus
+from ..bodies import read_body
 from ..deps import CallerDep, public_base, request_id
 from ..deps import services as _services
 from .normalize import normalize
@@ -26,8 +31,21 @@ OssHeader = Annotated[
     Header(alias="X-DashScope-OssResourceResolve",
            description="`enable` to resolve oss:// inputs from the upload endpoint"),
 ]
+IDEMPOTENCY_KEY_PATTERN = r"^[!-~]{1,255}$"  # 1-255 visible ASCII characters
+IdempotencyHeader = Annotated[
+    str | None,
+    Header(alias="X-Idempotency-Key", pattern=IDEMPOTENCY_KEY_PATTERN, max_length=255,
+           description="Extension: a key of the client's choosing (1-255 visible ASCII characters). The "
+                       "same key with the same body (same endpoint) answers the task already created "
+                       "under it (200, its current status) instead of creating another; with another "
+                       "body, 409 IdempotentParameterMismatch. Keys are per account and are kept as "
+                       "long as their task (24 h after it ends)."),
+]
+BODY_HINT = ("Send media larger than that as files: upload each one (GET /api/v1/uploads?action=getPolicy, "
+             "then POST the file) and send its oss:// URL with the header X-DashScope-OssResourceResolve: "
+             "enable, or send an http(s) URL.")
 CREATE_DOC: dict[str, Any] = {
-    "response_model": CreateResponse, "responses": errors(400, 401, 403),
+    "response_model": CreateResponse, "responses": errors(400, 401, 403, 409),
     "openapi_extra": {"requestBody": {"required": True, "content": {
         "application/json": {"schema": {"$ref": "#/components/schemas/CreateBody"}}}}},
 }
@@ -51,32 +69,56 @@ def parse_json_body(raw: bytes) -> Any:
     return body
 
 
+def idempotency(request: Request, endpoint: str, body: Any, oss: bool) -> tuple[str | None, str | None]:
+    """The X-Idempotency-Key header (None when absent) and the sha256 of what makes a request the same
+    request: the endpoint, the OSS header and the body as JSON (key order and spacing aside)."""
+    key = request.headers.get("x-idempotency-key")
+    if key is None:
+        return None, None
+    if not re.fullmatch(IDEMPOTENCY_KEY_PATTERN, key):
+        raise invalid_parameter("X-Idempotency-Key must be 1-255 visible ASCII characters.")
+    canonical = json.dumps([endpoint, oss, body], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return key, hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
 async def _create(request: Request, caller: Caller, endpoint: str) -> dict[str, Any]:
     if request.headers.get("x-dashscope-async", "").strip().lower() != "enable":
         raise ServiceError(Code.ACCESS_DENIED,
                            "current user api does not support synchronous calls; "
                            "send the header X-DashScope-Async: enable.")
-    body = parse_json_body(await request.body())
+    services = _services(request)
+    raw = await read_body(request, services.settings.max_body_mb * 2**20, "request body", BODY_HINT)
+    body = parse_json_body(raw)
     oss = request.headers.get("x-dashscope-ossresourceresolve", "").strip().lower() == "enable"
     gen = normalize(body, endpoint, oss_resolve=oss)
-    services = _services(request)
-    row = await run_in_threadpool(
-        services.store.create, account_id=caller.account_id, api_key_id=caller.api_key_id,
-        request_id=request_id(request), model=gen.requested_model, endpoint=endpoint,
-        request=gen.model_dump(mode="json"))
+    key, request_hash = idempotency(request, endpoint, body, oss)
+    # data: URLs become uploads of the caller's account; the row names them (removed if no task is created)
+    gen, inline = await run_in_threadpool(store_inline_media, gen, services.uploads, caller.account_id)
+    try:
+        row = await run_in_threadpool(  # with a key: the task already created under it, if any
+            services.store.create, account_id=caller.account_id, api_key_id=caller.api_key_id,
+            request_id=request_id(request), model=gen.requested_model, endpoint=endpoint,
+            request=gen.model_dump(mode="json"), idempotency_key=key, request_hash=request_hash)
+    except BaseException:
+        remove_inline_media(services.uploads, inline)
+        raise
+    if inline and row["request_id"] != request_id(request):  # an earlier task under the key: ours is unused
+        await run_in_threadpool(remove_inline_media, services.uploads, inline)
     return {"request_id": request_id(request), "output": {"task_id": row["id"], "task_status": row["status"]}}
 
 
 @router.post("/services/aigc/video-generation/video-synthesis", **CREATE_DOC)
 async def create_video_generation(request: Request, caller: CallerDep, x_dashscope_async: AsyncHeader = None,
-                                  oss_resolve: OssHeader = None) -> dict[str, Any]:
+                                  oss_resolve: OssHeader = None,
+                                  idempotency_key: IdempotencyHeader = None) -> dict[str, Any]:
     """Create a text-to-video, first-frame or wan2.7 task (asynchronous: poll GET /tasks/{task_id})."""
     return await _create(request, caller, "video-generation")
 
 
 @router.post("/services/aigc/image2video/video-synthesis", **CREATE_DOC)
 async def create_image2video(request: Request, caller: CallerDep, x_dashscope_async: AsyncHeader = None,
-                             oss_resolve: OssHeader = None) -> dict[str, Any]:
+                             oss_resolve: OssHeader = None,
+                             idempotency_key: IdempotencyHeader = None) -> dict[str, Any]:
     """Create a first-and-last-frame (kf2v) task."""
     return await _create(request, caller, "image2video")
 
@@ -91,7 +133,8 @@ def get_task(task_id: str, request: Request, caller: CallerDep) -> dict[str, Any
     video_url = None
     if task["status"] == TaskStatus.SUCCEEDED:
         expires = (task["end_ms"] + services.store.ttl_ms) // 1000  # the URL lives as long as the task
-        video_url = services.storage.result_url(task["id"], public_base(request), expires)
+        attempt = published_attempt(task["result"])  # the attempt whose file succeed() published
+        video_url = services.storage.result_url(task["id"], attempt, public_base(request), expires)
     body = task_body(task, zone=display_zone(services.settings), video_url=video_url)
     return {"request_id": request_id(request), **body}
 
@@ -116,7 +159,8 @@ def list_tasks(request: Request, caller: CallerDep,
                model_name: str | None = None, status: str | None = None,
                page_no: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
                page_size: Annotated[int, Query(ge=1, le=100)] = 10) -> dict[str, Any]:
-    """List this account's tasks in a window of at most 24 h (default: the last 24 h), newest first."""
+    """List this account's tasks in a window of at most 24 h (default: the last 24 h), newest first;
+    at most the window's newest 5,000 (`total` counts no further: narrow the window to reach older ones)."""
     day = int(timedelta(days=1).total_seconds() * 1000)
     start = _parse_list_time(start_time, "start_time", request)
     end = _parse_list_time(end_time, "end_time", request)
