@@ -82,7 +82,7 @@ def engines(ckpt: Checkpoints) -> EngineSet:
             "flying": {"lora": str(ckpt.lora), "prompt": "The subject floats up into the air.",
                        "scale": 1.0}}),
         "wan2.2-kf2v-flash": wan(ckpt.flf2v, num_inference_steps=2),
-        "wan2.7-i2v": wan(ckpt.i2v, num_inference_steps=2),
+        "wan2.7-i2v": wan(ckpt.i2v, num_inference_steps=2, sound="silent"),  # promises sound: say silent
     })
 
 

@@ -6,6 +6,7 @@ import argparse
 import logging
 import signal
 import sys
+import textwrap
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -200,6 +201,13 @@ def cmd_models(args: argparse.Namespace) -> int:
         aliases = f"  aliases: {', '.join(m.aliases)}" if m.aliases else ""
         print(f"{m.name:<22} {m.kind:<6} {m.endpoint:<17} {res:<24} "
               f"{durations + f' ({m.default_duration})':<20} {m.audio:<12} {m.prompt_max:>6}{aliases}")
+    driven = [m.name for m in MODELS if m.audio != "silent"]
+    print("\n" + textwrap.fill(
+          f"audio: {', '.join(driven)} take the caller's audio (audio_url; wan2.7: driving_audio), which "
+          "is muxed into the video, cut or padded to its length; no engine here lip-syncs to it (that needs "
+          "an audio-driven checkpoint, Wan2.2-S2V, which diffusers does not ship). Without it they get "
+          "generated sound: a configured sound engine, or the preview's placeholder chord "
+          "(docs/wan-engine.md, Sound).", width=110, subsequent_indent="  "))
     return 0
 
 

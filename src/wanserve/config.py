@@ -23,7 +23,16 @@ from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BeforeValidator, Field, TypeAdapter, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as _SourceError
 
@@ -59,6 +68,47 @@ def _hosts(value: list[str]) -> list[str]:
                              'them, e.g. "api.example.com", "10.0.0.5:8000" or "[::1]:8000" (no scheme, '
                              "no path)")
     return hosts
+
+
+def _as_path(value: Any) -> Any:
+    """A path written as a string (TOML, JSON), checked strictly otherwise."""
+    return Path(value) if isinstance(value, str) else value
+
+
+class PromptExtendSettings(BaseModel):
+    """The `[prompt_extend]` table: the prompt rewriter (generation/rewrite/). Absent: prompts pass through
+    unchanged. backend "openai": an OpenAI-compatible chat completions server at `base_url` (key from the
+    environment variable named by `api_key_env`); "transformers": a local causal LM directory `model_path`
+    (and optionally a vision-language model `vision_model_path` for image-driven tasks)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backend: Literal["openai", "transformers"] = "openai"
+    base_url: str = ""  # e.g. "http://127.0.0.1:8001/v1"; requests go to {base_url}/chat/completions
+    model: str = ""  # the chat model's name sent to the server
+    api_key_env: str = ""  # the name of the environment variable holding the server's key; empty: no key
+    timeout_seconds: float = Field(30.0, gt=0)
+    temperature: float = Field(0.2, ge=0)
+    send_images: bool = False  # openai: the model reads images; i2v/kf2v tasks send their first frame
+    # transformers: a local directory (loaded with local_files_only), written as a string
+    model_path: Annotated[Path | None, BeforeValidator(_as_path)] = None
+    vision_model_path: Annotated[Path | None, BeforeValidator(_as_path)] = None  # a vision-language model
+    max_new_tokens: int = Field(512, ge=1)
+    device: str = "cpu"
+
+    @model_validator(mode="after")
+    def _complete(self) -> PromptExtendSettings:
+        if self.backend == "openai" and not (self.base_url and self.model):
+            raise ValueError('backend "openai" needs base_url and model, e.g. '
+                             'base_url = "http://127.0.0.1:8001/v1", model = "qwen-plus"')
+        if self.backend == "transformers" and self.model_path is None:
+            raise ValueError('backend "transformers" needs model_path, a local model directory, e.g. '
+                             'model_path = "/models/Qwen2.5-3B-Instruct"')
+        return self
+
+    def api_key(self) -> str:
+        """The key from the environment variable named by api_key_env (config.py reads the environment)."""
+        return os.environ.get(self.api_key_env, "") if self.api_key_env else ""
 
 
 class Settings(BaseSettings):
@@ -115,6 +165,8 @@ class Settings(BaseSettings):
     models: dict[str, dict[str, Any]] = Field(default_factory=dict)  # [models."name"] tables
     api_key: str = ""  # WANSERVE_API_KEY: a bootstrap key (account "default") that `serve` also accepts
     log_level: Annotated[str, AfterValidator(_log_level)] = "INFO"  # WANSERVE_LOG_LEVEL
+    # [prompt_extend]: the prompt rewriter for requests with prompt_extend true; None: prompts pass unchanged
+    prompt_extend: PromptExtendSettings | None = None
 
     def __init__(self, **values: Any) -> None:
         """Direct construction (`Settings(data_dir=..., workers=...)`): the given values beat the environment,
@@ -246,6 +298,9 @@ def _problem(kind: str, name: str, error: Any, *, where: str) -> str:
     prefix = f"{where}: " if kind == "env" or kind == "flag" else f"{where}: {key}: "
     value = error.get("input")
     family = error["type"].split("_")[0]
+    if error["type"] == "extra_forbidden" and name == "prompt_extend" and len(error["loc"]) > 1:
+        known = ", ".join(sorted(PromptExtendSettings.model_fields))
+        return f"{where}: {key}: unknown key; known keys: {known}"
     if error["type"] == "extra_forbidden":
         return f"{where}: {key}: unknown setting; known settings: {_known()}"
     if error["type"] == "value_error":  # our own validators say what to write
@@ -299,6 +354,12 @@ def _write(kind: str) -> str:
 
 
 def _example(kind: str, name: str) -> str:
+    if name == "prompt_extend":
+        if kind == "file":
+            return ('[prompt_extend] with backend = "openai", base_url = "http://127.0.0.1:8001/v1", '
+                    'model = "m"')
+        text = '{"backend": "openai", "base_url": "http://127.0.0.1:8001/v1", "model": "m"}'
+        return f"{ENV_PREFIX}PROMPT_EXTEND='{text}'" if kind == "env" else f"{name}={text}"
     value = Settings.model_fields[name].get_default(call_default_factory=True)
     if isinstance(value, list):  # allowed_hosts
         value = ["api.example.com", "localhost:8000"]

@@ -4,13 +4,14 @@ the generation pipeline built on them."""
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
 
 from .config import Settings
 from .engines import EngineSet
 from .generation.pipeline import GenerationPipeline
+from .generation.rewrite import Rewriter, open_rewriter
 from .storage import open_storage
 from .storage.base import Storage
 from .storage.signing import Signer
@@ -27,6 +28,7 @@ class Services:
     store: TaskStore
     storage: Storage
     uploads: UploadStore
+    _rewriter: list[Rewriter | None] = field(default_factory=list, repr=False)  # built once, at first use
 
     @classmethod
     def open(cls, settings: Settings) -> Services:
@@ -42,7 +44,14 @@ class Services:
 
     def pipeline(self, engines: EngineSet) -> GenerationPipeline:
         return GenerationPipeline(engines, self.storage, self.uploads,
-                                  allow_private_urls=self.settings.allow_private_media_urls)
+                                  allow_private_urls=self.settings.allow_private_media_urls,
+                                  rewriter=self.rewriter())
+
+    def rewriter(self) -> Rewriter | None:
+        """The prompt rewriter `[prompt_extend]` configures (None: none), built once per process."""
+        if not self._rewriter:
+            self._rewriter.append(open_rewriter(self.settings.prompt_extend))
+        return self._rewriter[0]
 
     def sweep(self) -> Swept:
         return sweep(self.store, self.uploads, self.storage)

@@ -44,8 +44,10 @@ class RenderJob:
     template: str | None = None
     shot_type: str = "single"
     shots: tuple[Shot, ...] = ()  # the pipeline's shot plan (generation.shots); empty: one shot of the prompt
+    context: str = ""  # the prompt's text before its first shot marker (subject, setting, style)
     first_frame: Image.Image | None = None  # RGB, any size; the engine fits it to width x height
     last_frame: Image.Image | None = None
+    audio: bytes | None = None  # the caller's audio file (audio_url, driving_audio), for audio-driven engines
     extra: dict = field(default_factory=dict)
 
 

@@ -45,7 +45,10 @@ def continue_clip(engine: Engine, job: RenderJob, clip: Clip, progress: Progress
         yield last
     if last is None:
         raise invalid_file(Code.FILE_FORMAT, "input.media first_clip: the video has no decodable frames.")
-    rest = replace(job, kind="kf2v" if job.last_frame is not None else "i2v",
+    offset = (n_clip - 1) / job.fps  # the rest starts on the clip's last frame: shots move back by that
+    shots = tuple(replace(s, start=max(0.0, s.start - offset), end=s.end - offset)
+                  for s in job.shots if s.end - offset > 0)
+    rest = replace(job, kind="kf2v" if job.last_frame is not None else "i2v", shots=shots,
                    first_frame=Image.fromarray(last), frame_count=job.frame_count - n_clip + 1)
     frames = engine.render(rest, progress)
     next(frames)

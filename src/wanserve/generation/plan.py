@@ -6,7 +6,8 @@ from ..catalog.models import image_output_size, parse_size
 from ..engines.base import RenderJob, TaskKind
 from .inputs import Inputs
 from .request import GenerationRequest
-from .shots import parse_shots
+from .rewrite.base import Rewrite
+from .shots import has_shot_markers, parse_shots, shot_context, timed_shots
 
 FPS = 30  # every output is 30 fps, as the hosted service's are
 
@@ -29,11 +30,21 @@ def job_kind(req: GenerationRequest, inputs: Inputs) -> TaskKind:
     return "kf2v" if inputs.last_frame is not None else "i2v"
 
 
-def plan(req: GenerationRequest, inputs: Inputs) -> RenderJob:
+def plan(req: GenerationRequest, inputs: Inputs, rewrite: Rewrite | None = None) -> RenderJob:
+    """The job; with a rewrite (step 1b) the engine gets the rewritten prompt, and for shot_type "multi"
+    the rewriter's shot list, unless the caller's prompt writes its own shots (its markers win)."""
     width, height = output_size(req, inputs)
+    prompt = rewrite.prompt if rewrite is not None else req.prompt
+    own_shots = has_shot_markers(req.prompt)
+    source = req.prompt if own_shots else prompt  # the text the shots come from
+    if rewrite is not None and rewrite.shots and req.shot_type == "multi" and not own_shots:
+        shots = timed_shots(rewrite.shots, req.duration)
+    else:
+        shots = parse_shots(source, req.duration, req.shot_type)
     return RenderJob(
         kind=job_kind(req, inputs), model=req.model, width=width, height=height,
-        frame_count=req.duration * FPS, fps=FPS, seed=req.seed, prompt=req.prompt,
+        frame_count=req.duration * FPS, fps=FPS, seed=req.seed, prompt=prompt,
         negative_prompt=req.negative_prompt, template=req.template,
-        shot_type=req.shot_type, shots=tuple(parse_shots(req.prompt, req.duration, req.shot_type)),
-        first_frame=inputs.first_frame, last_frame=inputs.last_frame)
+        shot_type=req.shot_type, shots=tuple(shots),
+        context=shot_context(source),
+        first_frame=inputs.first_frame, last_frame=inputs.last_frame, audio=inputs.audio)

@@ -94,6 +94,29 @@ def parse_shots(prompt: str, duration: float, shot_type: str = "single") -> list
     return [Shot(1, 0.0, float(duration), text)]
 
 
+def shot_context(prompt: str) -> str:
+    """The text every shot shares: what comes before the first shot marker (subject, setting, style),
+    cleaned as the shots' texts are; empty when the prompt has no markers or nothing before them."""
+    mark = _SHOT_MARK.search(prompt or "")
+    return _clean_text(prompt[: mark.start()]) if mark else ""
+
+
+def has_shot_markers(prompt: str) -> bool:
+    """Whether the prompt writes its own shots ("Shot 1:", "镜头1：", ...): they win over a rewriter's."""
+    return _SHOT_MARK.search(prompt or "") is not None
+
+
+def timed_shots(shots: list[tuple[str, float]], duration: float) -> list[Shot]:
+    """A shot list as (text, seconds) in order, as Shots with cumulative start and end; the last shot
+    ends at `duration`."""
+    out, start = [], 0.0
+    for k, (text, seconds) in enumerate(shots):
+        end = float(duration) if k + 1 == len(shots) else min(start + seconds, float(duration))
+        out.append(Shot(k + 1, start, end, text))
+        start = end
+    return out
+
+
 def _join(a: str, b: str) -> str:
     """Join two pieces of prompt text; no space between CJK pieces."""
     if not a or not b:

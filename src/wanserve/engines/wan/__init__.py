@@ -13,7 +13,7 @@ it only when some model is configured with engine = "wan", so the base install n
 The modules: `config` (a [models."..."] table, parsed and checked), `checkpoint` (reading and
 loading a checkpoint, what it can do, the `LoadedCheckpoint` models share), `engine` (`WanEngine`:
 plan, denoise, decode, out of memory), `retime` (generation size, native frame count, frame-rate
-conversion).
+conversion), `segments` (shots and segments: multi-shot prompts, durations past the native length).
 
 What happens, in order:
 
@@ -25,7 +25,9 @@ What happens, in order:
    component and the path), the public model's kind is checked against what the checkpoint can do,
    template LoRA adapters are loaded, then the pipeline is placed on its device (or set up for CPU
    offload). Time and memory are logged.
-2. A task (`WanEngine.render`): `plan()` maps the RenderJob to pipeline arguments: generation size
+2. A task (`WanEngine.render`): `segments()` splits it into generations, one or more per shot of
+   `job.shots` (at most `max_native_frames` each; later segments i2v from the previous one's last
+   frame, see `segments`); for each, `plan()` maps the RenderJob to pipeline arguments: generation size
    (the contract size rounded to the VAE-scale x patch-size grid), native frame count (duration x
    native fps rounded to 4k+1), prompt (a template's configured prompt replaces the user's), negative
    prompt (Wan's default when none is given), seed, first and last frame. Under the checkpoint's lock
@@ -52,12 +54,14 @@ from .engine import (
     MAX_SEQUENCE_LENGTH,
     WAN_DEFAULT_NEGATIVE_PROMPT,
     RenderPlan,
+    Segment,
     WanEngine,
     decode_latents,
     free_memory,
     load_wan_engines,
 )
 from .retime import convert_frame_rate, generation_size, native_frame_count, retime_positions
+from .segments import ShotSpan, segment_positions, shot_prompt, shot_spans
 
 __all__ = [
     "MAX_SEQUENCE_LENGTH",
@@ -65,6 +69,8 @@ __all__ = [
     "Capabilities",
     "LoadedCheckpoint",
     "RenderPlan",
+    "Segment",
+    "ShotSpan",
     "TemplateConfig",
     "WanEngine",
     "WanModelConfig",
@@ -81,4 +87,7 @@ __all__ = [
     "read_model_index",
     "required_kinds",
     "retime_positions",
+    "segment_positions",
+    "shot_prompt",
+    "shot_spans",
 ]

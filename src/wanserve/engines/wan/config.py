@@ -43,9 +43,12 @@ class WanModelConfig:
     native_fps: float | None = None  # None: 24 for TI2V-5B (expand_timesteps), else 16
     cache: tuple[tuple[str, Any], ...] | None = None  # ("type", "first_block"), ("threshold", 0.05) ...
     templates: dict[str, TemplateConfig] = field(default_factory=dict)
+    max_native_frames: int | None = None  # None: 121 for TI2V-5B (24 fps), else 81 (5 s at 16 fps)
+    continue_with: str | None = None  # a configured wan model whose checkpoint does i2v: continues long shots
 
     KEYS = ("engine", "checkpoint", "num_inference_steps", "dtype", "device", "offload", "attention_backend",
-            "guidance_scale", "guidance_scale_2", "flow_shift", "native_fps", "cache", "templates")
+            "guidance_scale", "guidance_scale_2", "flow_shift", "native_fps", "cache", "templates",
+            "max_native_frames", "continue_with")
     TEMPLATE_KEYS = ("lora", "lora_2", "prompt", "scale")
 
     @classmethod
@@ -135,6 +138,9 @@ class WanModelConfig:
             native_fps=_float(get("native_fps", number, None, lambda v: 0 < v <= 120,
                                   "a number in (0, 120]")),
             cache=cache,
+            max_native_frames=get("max_native_frames", (int,), None, lambda v: v >= 5 and (v - 1) % 4 == 0,
+                                  "an integer 4k+1 >= 5 (the Wan VAE's frame counts, e.g. 81)"),
+            continue_with=_continue_with(where, get("continue_with", (str,), hint="a public model name")),
             templates=templates,
         )
 
@@ -162,3 +168,14 @@ class WanModelConfig:
 
 def _float(value: Any) -> float | None:
     return None if value is None else float(value)
+
+
+def _continue_with(where: str, name: str | None) -> str | None:
+    """The canonical public name of `continue_with` (whether it is configured with an image-capable
+    checkpoint is checked once every wan model is loaded, `load_wan_engines`)."""
+    if name is None:
+        return None
+    spec = find_model(name)
+    if spec is None:
+        raise EngineConfigError(f"{where}: continue_with = {name!r} is not a public model name.")
+    return spec.name

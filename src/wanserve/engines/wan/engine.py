@@ -1,6 +1,8 @@
-"""The engine: a RenderJob -> pipeline arguments (`WanEngine.plan`), the denoising under the
-checkpoint's lock, the decode, out-of-memory as a task failure, and the frames fitted and retimed
-to the contract. `load_wan_engines` builds one engine per configured public model."""
+"""The engine: a RenderJob -> its generations (`WanEngine.segments`: one or more per shot, none
+longer than the checkpoint's native length, later ones continued from the previous one's last
+frame) -> pipeline arguments (`WanEngine.plan`), the denoising under the checkpoint's lock, the
+decode, out-of-memory as a task failure, and the frames fitted and retimed to the contract.
+`load_wan_engines` builds one engine per configured public model."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import gc
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -21,7 +23,15 @@ from ...media.frames import fit_image
 from ..base import EngineConfigError, Progress, RenderJob
 from .checkpoint import LoadedCheckpoint, load_checkpoint, memory_report, required_kinds
 from .config import TemplateConfig, WanModelConfig
-from .retime import convert_frame_rate, generation_size, native_frame_count
+from .retime import frames_at, generation_size, native_frame_count
+from .segments import (
+    MAX_SEGMENTS,
+    SEGMENT_SEED_STRIDE,
+    ShotSpan,
+    segment_positions,
+    shot_prompt,
+    shot_spans,
+)
 
 log = logging.getLogger("wanserve.engines.wan")
 
@@ -48,7 +58,28 @@ def load_wan_engines(tables: dict[str, dict[str, Any]]) -> dict[str, WanEngine]:
         loaded = load_checkpoint(group[0], templates)
         for cfg in group:
             engines[cfg.model] = WanEngine(cfg, loaded)
+    for cfg in configs:
+        if cfg.continue_with is not None:
+            engines[cfg.model].continuation = _continuation(cfg, engines)
     return engines
+
+
+def _continuation(cfg: WanModelConfig, engines: dict[str, WanEngine]) -> WanEngine:
+    """The engine that continues `cfg.model`'s long shots: a configured wan model whose checkpoint
+    generates from a first frame."""
+    where = f"[models.{cfg.model!r}]: continue_with = {cfg.continue_with!r}"
+    target = engines.get(cfg.continue_with or "")
+    if target is None:
+        raise EngineConfigError(f"{where}: model {cfg.continue_with!r} is not configured with "
+                                f"engine = \"wan\"; add a [models.{cfg.continue_with!r}] table with an "
+                                f"image-to-video checkpoint to continue {cfg.model!r}'s long shots.")
+    if "i2v" not in target.loaded.capabilities.kinds:
+        raise EngineConfigError(f"{where}: model {target.cfg.model!r} is served by "
+                                f"{str(target.cfg.checkpoint)!r}, a {target.loaded.capabilities.description} "
+                                f"checkpoint, which cannot generate from a first frame; model "
+                                f"{cfg.model!r} needs an image-to-video checkpoint there to continue its "
+                                "long shots.")
+    return target
 
 
 @dataclass
@@ -73,6 +104,28 @@ class RenderPlan:
     def total(self) -> int:
         """Progress units: one per denoising step, one for the decode, one for the frame-rate conversion."""
         return self.steps + 2
+
+
+@dataclass
+class Segment:
+    """One generation of a task: segment `part` of `parts` of a shot, by `engine` (this model's, or
+    its `continue_with` model's for a later segment), `native_frames` long (at most the engine's
+    max_native_frames); `positions` are the native positions of the output frames it supplies."""
+
+    span: ShotSpan
+    part: int
+    parts: int
+    engine: WanEngine
+    kind: str  # "t2v", "i2v" (from the first frame / the previous segment's last) or "kf2v"
+    native_frames: int
+    prompt: str
+    seed: int
+    positions: Any = None  # np.ndarray
+
+    @property
+    def units(self) -> int:
+        """Progress units: the denoising steps and the decode."""
+        return self.engine.cfg.num_inference_steps + 1
 
 
 class WanEngine:
@@ -100,6 +153,8 @@ class WanEngine:
         self.cfg, self.spec, self.loaded = cfg, spec, loaded
         self.native_fps = cfg.native_fps or loaded.default_native_fps
         self.adapters = {name: loaded.load_template(cfg.model, t) for name, t in cfg.templates.items()}
+        self.max_native_frames = cfg.max_native_frames or (121 if loaded.ti2v else 81)
+        self.continuation: WanEngine | None = None  # continue_with's engine (set by load_wan_engines)
         self.last_timings: dict[str, float] = {}
 
     # -- request -> pipeline arguments -----------------------------------------------------------
@@ -158,35 +213,120 @@ class WanEngine:
 
     # -- the task ---------------------------------------------------------------------------------
 
-    def render(self, job: RenderJob, progress: Progress) -> Iterator[np.ndarray]:
-        plan = self.plan(job)
-        total = plan.total
-        progress(0, total)
-        native = self.generate(plan, progress)
-        progress(plan.steps + 1, total)
-        started = time.monotonic()
-        fitted = [fit_image(f, job.width, job.height) for f in native]
-        del native
-        for i, frame in enumerate(convert_frame_rate(fitted, job.frame_count,
-                                                     tick=lambda: progress(plan.steps + 1, total))):
-            if i == job.frame_count - 1:
-                self.last_timings["interpolate_s"] = time.monotonic() - started
-                progress(total, total)
-            yield frame
+    def segments(self, job: RenderJob) -> list[Segment]:
+        """The generations of a task: one or more per shot of its plan, none longer than its engine's
+        native length; the cost grows linearly with the duration."""
+        spans = shot_spans(job)
+        multi = len(spans) > 1
+        segments: list[Segment] = []
+        for span in spans:
+            end_kf2v = job.kind == "kf2v" and span is spans[-1]
+            layout = self._layout(span.count / job.fps, "t2v" if job.kind == "t2v" else "i2v", end_kf2v, job)
+            prompt = shot_prompt(job, span, multi)
+            positions = segment_positions(span.count, len(layout), [n for _, _, n in layout])
+            for part, ((engine, kind, native), pos) in enumerate(zip(layout, positions, strict=True)):
+                segments.append(Segment(span, part, len(layout), engine, kind, native, prompt,
+                                        int(job.seed) + span.index + SEGMENT_SEED_STRIDE * part, pos))
+        return segments
 
-    def generate(self, plan: RenderPlan, progress: Progress) -> list[np.ndarray]:
+    def _layout(self, seconds: float, first_kind: str, end_kf2v: bool,
+                job: RenderJob) -> list[tuple[WanEngine, str, int]]:
+        """(engine, kind, native frames) per segment of a shot `seconds` long: the fewest segments of
+        equal duration that each fit their engine's max_native_frames. A later segment is an i2v
+        generation from the previous one's last frame, by this checkpoint if it can, else by the
+        continue_with model's."""
+        for parts in range(1, MAX_SEGMENTS + 1):
+            layout: list[tuple[WanEngine, str, int]] = []
+            for part in range(parts):
+                kind = "kf2v" if end_kf2v and part == parts - 1 else first_kind if part == 0 else "i2v"
+                engine: WanEngine | None = self if kind in self.loaded.capabilities.kinds else None
+                if engine is None and part > 0 and self.continuation is not None \
+                        and kind in self.continuation.loaded.capabilities.kinds:
+                    engine = self.continuation
+                if engine is None:
+                    break
+                native = native_frame_count(seconds / parts, engine.native_fps, engine.loaded.temporal_scale)
+                if native > engine.max_native_frames:
+                    break
+                layout.append((engine, kind, native))
+            if len(layout) == parts:
+                return layout
+            if parts > 1 and len(layout) < parts and engine is None:  # nothing can continue this shot
+                break
+        # No checkpoint to continue from a frame: one generation at most max_native_frames long (a lower
+        # frame rate, which the frame-rate conversion fills).
+        kind = first_kind if first_kind in self.loaded.capabilities.kinds else job.kind
+        native = min(native_frame_count(seconds, self.native_fps, self.loaded.temporal_scale),
+                     self.max_native_frames)
+        log.warning("wan: %s: a %.1f s shot is longer than %d native frames and no image-to-video checkpoint "
+                    "can continue it (set continue_with); generating %d frames at a lower frame rate",
+                    self.cfg.model, seconds, self.max_native_frames, native)
+        return [(self, kind, native)]
+
+    def render(self, job: RenderJob, progress: Progress) -> Iterator[np.ndarray]:
+        self.plan(job)  # the task's own checks (kind, frames, template) before anything is generated
+        segments = self.segments(job)
+        total = sum(seg.units for seg in segments) + 1  # + the last frame-rate conversion
+        done = 0
+        progress(0, total)
+        timings: dict[str, float] = {"denoise_s": 0.0, "decode_s": 0.0, "interpolate_s": 0.0,
+                                     "segments": float(len(segments)), "seam_mad": 0.0}
+        previous: np.ndarray | None = None  # the previous segment's last native frame, generation size
+        previous_fitted: np.ndarray | None = None
+        emitted = 0
+        for seg in segments:
+            plan = self.segment_plan(job, seg, previous)
+            native = seg.engine.generate(plan, progress, offset=done, total=total)
+            for key in ("denoise_s", "decode_s"):
+                timings[key] += seg.engine.last_timings.get(key, 0.0)
+            done += seg.units
+            progress(done, total)
+            started = time.monotonic()
+            fitted = [fit_image(f, job.width, job.height) for f in native]
+            if seg.part > 0 and previous_fitted is not None:
+                # The seam: this segment was generated from the previous one's last frame, which its
+                # first frame reproduces; show that frame once, exactly as it was shown.
+                mad = float(np.abs(fitted[0].astype(np.int16) - previous_fitted.astype(np.int16)).mean())
+                timings["seam_mad"] = max(timings["seam_mad"], mad)
+                fitted[0] = previous_fitted
+            previous, previous_fitted = native[-1], fitted[-1]
+            del native
+            for frame in frames_at(fitted, seg.positions, tick=lambda d=done: progress(d, total)):
+                emitted += 1
+                if emitted == job.frame_count:
+                    timings["interpolate_s"] += time.monotonic() - started
+                    self.last_timings = timings
+                    progress(total, total)
+                yield frame
+            timings["interpolate_s"] += time.monotonic() - started
+
+    def segment_plan(self, job: RenderJob, seg: Segment, previous: np.ndarray | None) -> RenderPlan:
+        """The pipeline arguments of one segment: the shot's prompt and seed; the task's first frame
+        (a shot's first segment of an image task) or the previous segment's last frame."""
+        own = seg.engine is self
+        first = job.first_frame
+        if seg.part > 0 and previous is not None:
+            first = Image.fromarray(previous)
+        sub = replace(job, kind=seg.kind, prompt=seg.prompt, seed=seg.seed, shots=(),
+                      template=job.template if own else None,
+                      first_frame=first if seg.kind != "t2v" else None,
+                      last_frame=job.last_frame if seg.kind == "kf2v" else None)
+        return replace(seg.engine.plan(sub), num_frames=seg.native_frames)
+
+    def generate(self, plan: RenderPlan, progress: Progress, offset: int = 0,
+                 total: int | None = None) -> list[np.ndarray]:
         """Denoise and decode under the checkpoint's lock: `plan.num_frames` uint8 RGB frames at the
-        generation size. progress(i, total) after each step; what it raises propagates at once."""
-        loaded, total = self.loaded, plan.total
+        generation size. progress(offset + i, total) after each step; what it raises propagates at once."""
+        loaded, total = self.loaded, plan.total if total is None else total
         step_times: list[float] = []
 
         def on_step_end(pipe: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
             step_times.append(time.monotonic())
-            progress(i + 1, total)
+            progress(offset + i + 1, total)
             return {}
 
         oom = False
-        with loaded.acquire(lambda: progress(0, total)):
+        with loaded.acquire(lambda: progress(offset, total)):
             pipe = loaded.pipelines[plan.family]
             started = time.monotonic()
             try:

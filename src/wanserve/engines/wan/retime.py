@@ -40,7 +40,13 @@ def convert_frame_rate(frames: list[np.ndarray], out_count: int,
     """Exactly `out_count` frames from `frames`, each output frame at its place on the native
     timeline: a native frame where one lies exactly there, else the optical-flow interpolation
     (FlowMorph) between its two neighbours. `tick()` is called before each interpolated pair."""
-    positions = retime_positions(len(frames), out_count)
+    return frames_at(frames, retime_positions(len(frames), out_count), tick)
+
+
+def frames_at(frames: list[np.ndarray], positions: np.ndarray,
+              tick: Callable[[], None] | None = None) -> Iterator[np.ndarray]:
+    """One frame per position (rising, 0 .. len(frames) - 1) on the native timeline of `frames`:
+    the native frame where one lies there, else FlowMorph between its two neighbours."""
     last = len(frames) - 1
     morph, morph_at = None, -1
     for p in positions:
