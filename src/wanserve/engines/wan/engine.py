@@ -274,8 +274,10 @@ class WanEngine:
         previous: np.ndarray | None = None  # the previous segment's last native frame, generation size
         previous_fitted: np.ndarray | None = None
         emitted = 0
-        for seg in segments:
+        for k, seg in enumerate(segments, 1):
             plan = self.segment_plan(job, seg, previous)
+            log.info("wan: call %d/%d: %s %s, %d native frames, prompt '%s'", k, len(segments),
+                     seg.engine.cfg.model, seg.kind, seg.native_frames, seg.prompt[:80])
             native = seg.engine.generate(plan, progress, offset=done, total=total)
             for key in ("denoise_s", "decode_s"):
                 timings[key] += seg.engine.last_timings.get(key, 0.0)
