@@ -306,3 +306,8 @@ def wait_for(predicate, timeout: float = 60, every: float = 0.02):
             return value
         time.sleep(every)
     raise AssertionError("condition not met in time")
+
+
+def stored_results(services: Services) -> set[str]:
+    """Ids of the tasks that have a result file in storage (any attempt)."""
+    return {task_id for task_id, _ in services.storage.result_files()}

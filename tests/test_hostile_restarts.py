@@ -23,7 +23,7 @@ from wanserve.tasks.db import now_ms
 from wanserve.tasks.schema import tasks
 from wanserve.worker.runner import Worker, run_workers
 
-from .conftest import ASYNC, download, free_port, wait_for, wait_until_serving
+from .conftest import ASYNC, download, free_port, stored_results, wait_for, wait_until_serving
 
 pytestmark = pytest.mark.slow
 
@@ -120,7 +120,7 @@ def test_hurry_ends_the_grace_period_and_the_running_task_is_handed_back_at_once
     assert time.monotonic() - started < 5
     task = server.services.store.get(tid)
     assert (task["status"], task["attempts"], task["progress"]) == ("PENDING", 0, None)
-    assert tid not in set(server.services.storage.result_ids())
+    assert tid not in stored_results(server.services)
 
 
 def test_a_worker_that_lost_its_task_removes_only_its_own_result_file(make_server):

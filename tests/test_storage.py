@@ -9,6 +9,8 @@ import pytest
 from wanserve.config import Settings
 from wanserve.services import Services
 
+from .conftest import stored_results
+
 
 @pytest.fixture
 def services(tmp_path) -> Iterator[Services]:
@@ -31,7 +33,7 @@ def test_a_result_is_stored_from_its_temp_file_and_the_temp_file_is_gone(service
         tmp.write_bytes(b"video")
         assert partial_ids(services) == {"t1"}
         services.storage.put_result("t1", 1, tmp)
-    assert set(services.storage.result_ids()) == {"t1"} and partial_ids(services) == set()
+    assert stored_results(services) == {"t1"} and partial_ids(services) == set()
     assert set(services.storage.result_files()) == {("t1", 1)}
 
 
@@ -60,7 +62,7 @@ def test_sweep_removes_results_whose_task_is_gone(services):
             tmp.write_bytes(b"video")
             services.storage.put_result(task_id, 1, tmp)
     assert services.sweep().orphans == 1
-    assert set(services.storage.result_ids()) == {kept}
+    assert stored_results(services) == {kept}
 
 
 def put(services: Services, task_id: str, attempt: int | None, data: bytes = b"video") -> None:

@@ -48,6 +48,7 @@ from .conftest import (
     poll_task,
     probe_video,
     running_server,
+    stored_results,
     wait_until_serving,
 )
 
@@ -557,7 +558,7 @@ def test_api_cancel_of_a_running_task_stops_it_within_one_denoising_step(wan_ser
     # (every 0.25 s) saw the cancel; 2 forwards (conditional + unconditional) per step
     assert after <= 2 * 2, after
     assert len(forwards) < 40 * 2 and decodes == []
-    assert tid not in set(server.services.storage.result_ids())
+    assert tid not in stored_results(server.services)
 
 
 @pytest.mark.slow

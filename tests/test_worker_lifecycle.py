@@ -16,7 +16,7 @@ from sqlalchemy import update
 from wanserve.tasks.db import now_ms
 from wanserve.tasks.schema import tasks
 
-from .conftest import Server, image_bytes, wait_for
+from .conftest import Server, image_bytes, stored_results, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -73,7 +73,7 @@ def test_a_running_task_can_be_canceled_and_its_worker_is_free_within_a_second(m
     wait_for(lambda: server.services.store.get(nxt)["scheduled_ms"])
     assert server.services.store.get(nxt)["scheduled_ms"] - canceled_at < 1000
     assert server.task(tid)["output"]["task_status"] == "CANCELED"
-    assert tid not in set(server.services.storage.result_ids())
+    assert tid not in stored_results(server.services)
 
 
 def test_running_task_reports_rising_progress(make_server):
@@ -150,7 +150,7 @@ def test_sweeper_removes_tasks_and_files_older_than_24_hours(server: Server):
     assert server.task(tid)["output"] == {"task_id": tid, "task_status": "UNKNOWN"}  # even before the sweep
     server.sweep()
     assert server.services.store.get(tid) is None
-    assert tid not in set(server.services.storage.result_ids())
+    assert tid not in stored_results(server.services)
     assert httpx.get(url).status_code == 404
     assert server.task(tid)["output"]["task_status"] == "UNKNOWN"
 

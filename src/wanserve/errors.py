@@ -56,11 +56,6 @@ def invalid_parameter(message: str) -> ServiceError:
     return ServiceError(Code.INVALID_PARAMETER, message)
 
 
-def bad_request(code: Code, message: str) -> ServiceError:
-    """The body itself is unusable (BadRequest.*, InvalidURL, DataInspection): refused at create."""
-    return ServiceError(code, message)
-
-
 def invalid_file(code: Code, message: str) -> ServiceError:
     """A media input downloaded fine but is not usable (InvalidFile.*, InvalidImage*)."""
     return ServiceError(code, message)
@@ -79,10 +74,6 @@ def idempotent_mismatch(key: str, task_id: str) -> ServiceError:
     return ServiceError(Code.IDEMPOTENT_MISMATCH,
                         f"The idempotency key {key!r} was already used for task {task_id} with a different "
                         "request; send the same request again, or use a new key for a new task.")
-
-
-def internal(message: str) -> ServiceError:
-    return ServiceError(Code.INTERNAL, message)
 
 
 def algo_failure(detail: str) -> ServiceError:

@@ -52,10 +52,6 @@ class Storage(Protocol):
         files)."""
         ...
 
-    def result_ids(self) -> Iterable[str]:
-        """Task ids that have a stored result file, each once."""
-        ...
-
     def result_files(self) -> Iterable[tuple[str, int | None]]:
         """(task id, attempt) of each stored result file (for the orphan sweep)."""
         ...
@@ -79,12 +75,6 @@ class Storage(Protocol):
         ...
 
     def remove_upload(self, key: str) -> None: ...
-
-
-class SignedFiles(Protocol):
-    """Storage that serves results itself through wanserve (signed `/files/...` URLs)."""
-
-    def open_signed_result(self, name: str, expires: str, signature: str) -> BinaryIO: ...
 
 
 def chunks(fh: BinaryIO, size: int = 1 << 20) -> Iterator[bytes]:

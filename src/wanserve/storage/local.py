@@ -58,9 +58,6 @@ class LocalStorage:
     def remove_attempt(self, task_id: str, attempt: int | None) -> None:
         self._result(task_id, attempt).unlink(missing_ok=True)
 
-    def result_ids(self) -> Iterator[str]:
-        return iter(dict.fromkeys(task_id for task_id, _ in self.result_files()))
-
     def result_files(self) -> Iterator[tuple[str, int | None]]:
         for p in (self.root / "results").glob("*.mp4"):
             parsed = _parse_result_name(p.name)
