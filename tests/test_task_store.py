@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from alembic import command
@@ -15,6 +16,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, event, inspect, select, update
 from sqlalchemy.exc import IntegrityError
 
+import wanserve.tasks
 from wanserve.tasks.db import migrate, now_ms, open_engine, read
 from wanserve.tasks.schema import TASK_CHECKS, metadata, task_failures, tasks
 from wanserve.tasks.states import TRANSITIONS, TaskStatus, describe
@@ -40,6 +42,11 @@ def alembic_config() -> Config:
     return cfg
 
 
+# the newest file under tasks/migrations/versions (named <revision>_<what>.py)
+LATEST_REVISION = max(p.name.split("_")[0] for p in (Path(wanserve.tasks.__file__).parent / "migrations"
+                                                      / "versions").glob("0*.py"))
+
+
 def schema_snapshot(engine: Engine) -> dict:
     insp = inspect(engine)
     return {t: {"columns": [(c["name"], str(c["type"]), c["nullable"]) for c in insp.get_columns(t)],
@@ -57,7 +64,7 @@ def test_migrations_are_idempotent_and_match_schema_py(db_url):
     assert schema_snapshot(engine) == first
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     with engine.connect() as conn:
-        assert MigrationContext.configure(conn).get_current_revision() == head == "0003"
+        assert MigrationContext.configure(conn).get_current_revision() == head == LATEST_REVISION
         assert compare_metadata(MigrationContext.configure(conn), metadata) == []  # tables, columns, indexes
     assert set(first) >= {"accounts", "api_keys", "tasks", "task_failures", "uploads", "alembic_version"}
     assert first["tasks"]["checks"] == sorted(TASK_CHECKS)  # what autogenerate does not compare

@@ -19,6 +19,7 @@ from .storage.sweeper import Swept, run_sweeper, sweep
 from .storage.uploads import UploadStore
 from .tasks.db import migrate, open_engine
 from .tasks.store import TaskStore
+from .tasks.workers import WorkerRegistry
 
 
 @dataclass
@@ -28,6 +29,7 @@ class Services:
     store: TaskStore
     storage: Storage
     uploads: UploadStore
+    workers: WorkerRegistry
     _rewriter: list[Rewriter | None] = field(default_factory=list, repr=False)  # built once, at first use
 
     @classmethod
@@ -40,7 +42,7 @@ class Services:
         signer = Signer(settings.secret())
         storage = open_storage(settings.storage, settings.data_dir, signer)
         uploads = UploadStore(db, storage, signer, ttl_seconds=settings.upload_ttl_seconds)
-        return cls(settings, db, store, storage, uploads)
+        return cls(settings, db, store, storage, uploads, WorkerRegistry(db))
 
     def pipeline(self, engines: EngineSet) -> GenerationPipeline:
         return GenerationPipeline(engines, self.storage, self.uploads,

@@ -58,6 +58,7 @@ api_keys = Table(
     Column("prefix", String(16), nullable=False),  # first characters, to recognise a key in lists
     Column("created_ms", BigInteger, nullable=False),
     Column("revoked_ms", BigInteger),
+    Column("callback_url", Text),  # migration 0004: the key's default webhook URL (`wanserve keys callback`)
 )
 
 tasks = Table(
@@ -86,6 +87,11 @@ tasks = Table(
     # lives, and the sha256 of the request it came with (another request under the key is a conflict).
     Column("idempotency_key", String(255)),
     Column("request_hash", String(64)),
+    # Extension (migration 0004): webhooks. The URL the client asked to be told at (X-Wanserve-Callback-Url,
+    # or its key's default), and when its next delivery attempt is due once the task is terminal
+    # (NULL: nothing (more) to deliver); the deliverer takes a due task with one guarded UPDATE.
+    Column("callback_url", Text),
+    Column("callback_due_ms", BigInteger),
     *(CheckConstraint(sql, name=name) for name, sql in TASK_CHECKS.items()),
 )
 Index("ix_tasks_status_submit", tasks.c.status, tasks.c.submit_ms)
@@ -95,6 +101,40 @@ Index("ix_tasks_status_submit", tasks.c.status, tasks.c.submit_ms)
 Index("ix_tasks_account_list", tasks.c.account_id, tasks.c.submit_ms.desc(), tasks.c.id, tasks.c.status,
       tasks.c.model, tasks.c.end_ms)
 Index("ux_tasks_account_idempotency", tasks.c.account_id, tasks.c.idempotency_key, unique=True)
+Index("ix_tasks_callback_due", tasks.c.callback_due_ms)
+
+# One row per webhook delivery attempt (migration 0004): what was sent where, and how it went.
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("task_id", String(36), ForeignKey("tasks.id"), nullable=False),
+    Column("url", Text, nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("at_ms", BigInteger, nullable=False),
+    Column("status_code", Integer),  # the receiver's HTTP status; NULL: no answer (error says why)
+    Column("error", Text),
+    Column("ok", Integer, nullable=False),  # 1: delivered (2xx)
+    Column("duration_ms", Integer, nullable=False),
+)
+Index("ix_webhook_deliveries_task", webhook_deliveries.c.task_id)
+
+# The worker processes' registry (migration 0004): each worker registers, beats while alive, and
+# deregisters on a clean stop; `last_seen_ms` tells the live ones (tasks/workers.py).
+workers = Table(
+    "workers",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("models", JSON, nullable=False),  # canonical model names served; ["*"]: every model
+    Column("gpus", String(64), nullable=False, default=""),  # e.g. "0,1"; "" for the CPU
+    Column("started_ms", BigInteger, nullable=False),
+    Column("last_seen_ms", BigInteger, nullable=False),
+    Column("state", String(16), nullable=False),  # idle | busy | draining
+    Column("task_id", String(36)),  # the task it runs now, if any
+)
+Index("ix_workers_last_seen", workers.c.last_seen_ms)
 
 # One row per failed attempt of a task (a worker's fail(), or a lease lost because its worker stopped
 # responding), kept as long as the task; the task row itself holds only the final outcome.

@@ -49,7 +49,7 @@ from sqlalchemy.exc import IntegrityError
 
 from ..errors import Code, idempotent_mismatch
 from .db import now_ms, read, write
-from .schema import task_failures, tasks
+from .schema import task_failures, tasks, webhook_deliveries
 from .states import TERMINAL, TRANSITIONS, TaskStatus
 
 DEFAULT_TASK_TTL_SECONDS = 24 * 3600
@@ -343,11 +343,13 @@ class TaskStore:
     def expire(self, older_than_ms: int | None = None) -> list[str]:
         """Delete tasks past their lifetime (ended, or never run and submitted, before
         `alive_since_ms()`), with their failure history; returns their ids so the caller removes
-        their files. Running tasks are left to finish. `older_than_ms` overrides the cut-off."""
+        their files. Its failure history and webhook deliveries go with it. Running tasks are left
+        to finish. `older_than_ms` overrides the cut-off."""
         since = self.alive_since_ms() if older_than_ms is None else older_than_ms
         expired = select(tasks.c.id).where(~_alive(since))
         with write(self.engine) as conn:
             conn.execute(delete(task_failures).where(task_failures.c.task_id.in_(expired)))
+            conn.execute(delete(webhook_deliveries).where(webhook_deliveries.c.task_id.in_(expired)))
             return list(conn.execute(delete(tasks).where(~_alive(since)).returning(tasks.c.id)).scalars())
 
 

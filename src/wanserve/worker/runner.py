@@ -30,6 +30,7 @@ from ..generation.request import GenerationRequest
 from ..services import Services
 from ..tasks.states import TaskStatus
 from ..tasks.store import Claimed, TaskStore
+from ..tasks.workers import ALL_MODELS, WorkerRegistry
 
 log = logging.getLogger("wanserve.worker")
 
@@ -41,10 +42,15 @@ def new_worker_id() -> str:
 class Keeper(threading.Thread):
     """Renews one task's lease and publishes its progress until stopped; the pipeline's TaskContext."""
 
+    # the worker registry hears from a busy worker at most this often (its lease beats are more frequent)
+    REGISTRY_EVERY_S = 2.0
+
     def __init__(self, store: TaskStore, task_id: str, worker_id: str, interval: float,
-                 hand_back: threading.Event | None = None) -> None:
+                 hand_back: threading.Event | None = None, on_beat: Any = None) -> None:
         super().__init__(daemon=True, name=f"keeper-{task_id[:8]}")
         self.store, self.task_id, self.worker_id, self.interval = store, task_id, worker_id, interval
+        self.on_beat = on_beat  # called (at most every REGISTRY_EVERY_S) while the task runs
+        self._last_registry = 0.0
         self.hand_back = hand_back or threading.Event()  # set: the process is shutting down, grace over
         self.latest: dict[str, Any] | None = None
         self.lost: type[Exception] | None = None
@@ -52,8 +58,13 @@ class Keeper(threading.Thread):
         self.started_at = time.monotonic()
 
     def run(self) -> None:
+        if self.on_beat is not None:
+            self.on_beat()
+            self._last_registry = time.monotonic()
         while not self.done.wait(self.interval) and self.beat():
-            pass
+            if self.on_beat is not None and time.monotonic() - self._last_registry >= self.REGISTRY_EVERY_S:
+                self.on_beat()
+                self._last_registry = time.monotonic()
 
     def beat(self) -> bool:
         try:
@@ -86,22 +97,51 @@ class Keeper(threading.Thread):
 class Worker:
     def __init__(self, store: TaskStore, pipeline: GenerationPipeline, *, lease_seconds: float,
                  poll_seconds: float, worker_id: str | None = None,
-                 hand_back: threading.Event | None = None) -> None:
+                 hand_back: threading.Event | None = None, registry: WorkerRegistry | None = None,
+                 models: list[str] | None = None) -> None:
         self.store, self.pipeline, self.poll_seconds = store, pipeline, poll_seconds
         self.worker_id = worker_id or new_worker_id()
         self.heartbeat_s = min(0.25, lease_seconds / 3)
         self.hand_back = hand_back or threading.Event()  # set: stop the running task and release it
+        self.registry = registry
+        self.models = models or [ALL_MODELS]  # canonical model names this worker serves
 
     def run_forever(self, stop: threading.Event) -> None:
         log.info("worker %s started", self.worker_id)
-        while not stop.is_set():
+        self._register()
+        try:
+            while not stop.is_set():
+                try:
+                    ran = self.run_once()
+                except Exception:  # never let one bad claim kill the worker
+                    log.exception("worker loop error")
+                    ran = False
+                if not ran:
+                    self._beat()
+                    stop.wait(self.poll_seconds)
+        finally:
+            if self.registry is not None:
+                try:
+                    self.registry.deregister(self.worker_id)
+                except Exception:  # the database may be gone as the process stops
+                    log.warning("worker %s: could not deregister", self.worker_id)
+
+    def _register(self) -> None:
+        if self.registry is not None:
             try:
-                ran = self.run_once()
-            except Exception:  # never let one bad claim kill the worker
-                log.exception("worker loop error")
-                ran = False
-            if not ran:
-                stop.wait(self.poll_seconds)
+                self.registry.register(self.worker_id, self.models)
+            except Exception:
+                log.exception("worker %s: could not register", self.worker_id)
+
+    def _beat(self, **state: Any) -> None:
+        """Tell the registry we are alive (re-registering if our row was pruned); never fatal."""
+        if self.registry is None:
+            return
+        try:
+            if not self.registry.beat(self.worker_id, **state):
+                self.registry.register(self.worker_id, self.models)
+        except Exception:
+            log.warning("worker %s: registry beat failed", self.worker_id)
 
     def run_once(self) -> bool:
         claimed = self.store.claim(self.worker_id)
@@ -113,7 +153,8 @@ class Worker:
     def run_task(self, claimed: Claimed) -> None:
         task_id, attempt = claimed.id, claimed.attempts
         log.info("task %s: attempt %d on %s", task_id, attempt, self.worker_id)
-        keeper = Keeper(self.store, task_id, self.worker_id, self.heartbeat_s, self.hand_back)
+        keeper = Keeper(self.store, task_id, self.worker_id, self.heartbeat_s, self.hand_back,
+                        on_beat=lambda: self._beat(state="busy", task_id=task_id, set_task=True))
         keeper.start()
         try:
             req = GenerationRequest.model_validate(claimed.request)
@@ -141,6 +182,7 @@ class Worker:
             self.record_failure(task_id, exc)
         finally:
             keeper.done.set()
+            self._beat(state="idle", task_id=None, set_task=True)
 
     def record_failure(self, task_id: str, exc: Exception) -> None:
         if isinstance(exc, ServiceError):
@@ -200,7 +242,7 @@ def run_workers(services: Services, engines: EngineSet, count: int, stop: thread
     workers, threads = [], []
     for i in range(count):
         worker = Worker(services.store, pipeline, lease_seconds=s.lease_seconds, poll_seconds=s.poll_seconds,
-                        hand_back=hand_back)
+                        hand_back=hand_back, registry=services.workers)
         t = threading.Thread(target=worker.run_forever, args=(stop,), daemon=True, name=f"worker-{i}")
         t.start()
         workers.append(worker)
