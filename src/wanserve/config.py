@@ -111,6 +111,36 @@ class PromptExtendSettings(BaseModel):
         return os.environ.get(self.api_key_env, "") if self.api_key_env else ""
 
 
+class QuotaLimits(BaseModel):
+    """One set of limits; 0 means unlimited."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rate_per_second: float = Field(0.0, ge=0)  # creates per second (burst: one second's worth, at least 1)
+    max_running: int = Field(0, ge=0)  # tasks RUNNING at once; more wait PENDING ("queued")
+    max_queued: int = Field(0, ge=0)  # PENDING tasks at once; beyond it 429 Throttling.AllocationQuota
+
+
+class QuotaSettings(QuotaLimits):
+    """The `[quotas]` table: per-account limits (its own keys), overridden for one account by
+    `[quotas.accounts."name"]` and narrowed for one API key by `[quotas.keys."key id"]`; per-model running
+    limits per account in `[quotas.models."model"]` (max_running only). Absent: no limits (the embedded
+    single-user default). The hosted table (2.2/2.1 models 2 RPS / 2 running, 2.5+ 5 / 5) is written out in
+    docs/deploy.md."""
+
+    accounts: dict[str, QuotaLimits] = Field(default_factory=dict)
+    keys: dict[str, QuotaLimits] = Field(default_factory=dict)
+    models: dict[str, QuotaLimits] = Field(default_factory=dict)
+
+    def for_account(self, account_id: str) -> QuotaLimits:
+        """The account's limits: its own table if it has one, else the defaults."""
+        return self.accounts.get(account_id, self)
+
+    def running_limit(self, account_id: str) -> int:
+        """How many of the account's tasks may run at once (0: unlimited)."""
+        return self.for_account(account_id).max_running
+
+
 class Settings(BaseSettings):
     """Every setting; each can come from the TOML file (`name = value`), the environment (WANSERVE_NAME) or,
     for some, a command-line flag. Immutable."""
@@ -165,6 +195,10 @@ class Settings(BaseSettings):
     models: dict[str, dict[str, Any]] = Field(default_factory=dict)  # [models."name"] tables
     api_key: str = ""  # WANSERVE_API_KEY: a bootstrap key (account "default") that `serve` also accepts
     log_level: Annotated[str, AfterValidator(_log_level)] = "INFO"  # WANSERVE_LOG_LEVEL
+    # [quotas]: per-account create rate, running and queued limits; None (absent): no limits
+    quotas: QuotaSettings | None = None
+    # a task running longer than this ends FAILED InternalError.Timeout (the hosted 3 h cap)
+    max_run_seconds: float = Field(3 * 3600.0, gt=0)
     # [prompt_extend]: the prompt rewriter for requests with prompt_extend true; None: prompts pass unchanged
     prompt_extend: PromptExtendSettings | None = None
 

@@ -36,8 +36,11 @@ class Code(StrEnum):
     UNSUPPORTED_OPERATION = "UnsupportedOperation"
     # Extension: an X-Idempotency-Key reused with another request (Alibaba Cloud's name for it)
     IDEMPOTENT_MISMATCH = "IdempotentParameterMismatch"
+    RATE_QUOTA = "Throttling.RateQuota"
+    ALLOCATION_QUOTA = "Throttling.AllocationQuota"
     INTERNAL = "InternalError"
     INTERNAL_ALGO = "InternalError.Algo"
+    INTERNAL_TIMEOUT = "InternalError.Timeout"
 
 
 class ServiceError(Exception):
@@ -85,6 +88,33 @@ def out_of_memory(where: str = "memory", what: str = "") -> ServiceError:
     """The one message for a task that ran out of (GPU) memory, whichever layer noticed."""
     return algo_failure(f"out of {where}{' ' + what if what else ''}. Try a lower resolution or a shorter "
                         "duration.")
+
+
+class QuotaExceeded(ServiceError):
+    """A create refused by an account's quota (429); `retry_after_s` is when trying again can succeed."""
+
+    def __init__(self, code: Code, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(code, message)
+        self.retry_after_s = retry_after_s
+
+
+def rate_quota(retry_after_s: float) -> QuotaExceeded:
+    """Too many creates in the account's (or key's) rate window (the hosted message)."""
+    return QuotaExceeded(Code.RATE_QUOTA, "Requests rate limit exceeded, please try again later.",
+                         retry_after_s)
+
+
+def allocation_quota(detail: str = "") -> QuotaExceeded:
+    """The account's queue is full (the hosted message, and what to do)."""
+    return QuotaExceeded(Code.ALLOCATION_QUOTA, "Allocated quota exceeded, please increase your quota limit."
+                         + (f" {detail}" if detail else ""))
+
+
+def run_timeout(limit_s: float) -> ServiceError:
+    """A task that ran past the run cap (the hosted 3 h rule)."""
+    return ServiceError(Code.INTERNAL_TIMEOUT,
+                        "An internal timeout error has occured during execution, please try again later or "
+                        f"contact service support. (The task ran longer than {limit_s:g} s.)")
 
 
 class TaskCanceled(Exception):

@@ -16,8 +16,11 @@ STATUS_BY_CODE: dict[Code, int] = {
     Code.NOT_FOUND: 404,
     Code.FILE_EXISTS: 409,
     Code.IDEMPOTENT_MISMATCH: 409,
+    Code.RATE_QUOTA: 429,
+    Code.ALLOCATION_QUOTA: 429,
     Code.INTERNAL: 500,
     Code.INTERNAL_ALGO: 500,
+    Code.INTERNAL_TIMEOUT: 500,
 }
 
 
