@@ -1,6 +1,7 @@
 """Benchmark: denoising speed of the `wan` engine against a stock diffusers pipeline, on a GPU.
 
-    python benchmarks/gpu_denoise.py                       # 1.3B, 14B, TI2V-5B at 480P and 720P (CUDA)
+    python benchmarks/gpu_denoise.py                       # T2V-1.3B, TI2V-5B, I2V-14B at 480P, 720P (CUDA)
+    python benchmarks/gpu_denoise.py --mode default,nobatch,compile,fp8,cache,distilled   # speed modes
     python benchmarks/gpu_denoise.py --models 1.3b --sizes 480p --full-steps 50
     python benchmarks/gpu_denoise.py --count-only          # FLOPs per step of the full-size models (no GPU)
     python benchmarks/gpu_denoise.py --tiny --device cpu   # the whole benchmark on tiny configs (no GPU)
@@ -19,16 +20,28 @@ For each model and size, one run does, in order:
 3. a stock `WanPipeline(...)(prompt, height, width, num_frames, num_inference_steps)` with default
    settings (guidance 5.0, output_type "np") on the same modules and the same frame count.
 It prints seconds per denoising step (median of the step-to-step intervals), the full-generation
-time (measured, and extrapolated to `--steps` steps), the ratio engine / stock, peak GPU memory,
-and model FLOP utilisation: the FLOPs of one step, counted with torch.utils.flop_counter on a
-meta-device copy of the transformer with the step's exact input shapes (two forwards with
-classifier-free guidance), divided by the measured step time and the GPU's peak dense BF16 rate.
+time (measured, and extrapolated to `--steps` steps), the end-to-end time of a `--duration` video
+(text and image encoding, denoising, VAE decode, frame-rate conversion and the MP4 encoding, with
+`--steps` steps), the ratio engine / stock, peak GPU memory, and model FLOP utilisation: the FLOPs of
+one step, counted with torch.utils.flop_counter on a meta-device copy of the transformer with the
+step's exact input shapes (two forwards with classifier-free guidance, one without), divided by the
+measured step time and by (a) the GPU's datasheet dense BF16 peak and (b) a BF16 matmul ceiling
+measured in the same run (8192^3 matmuls; 1024^3 float32 on the CPU).
+
+`--mode` runs the engine once per speed mode, each on freshly built modules (the modes change them):
+default (the engine's defaults: batched guidance), nobatch (cfg_batch = false: two forwards per step,
+the pre-issue-11 engine), compile (compile = "regional"; its warm-up time is printed), fp8
+(quantize = "fp8"; skipped with the reason where torchao or an sm_89+ GPU is missing), fuse (fuse_qkv),
+cache (cache first_block 0.05: random weights make its hit rate meaningless, so this times the
+hooks' overhead only), distilled (4 steps, guidance_scale 1.0: the cost of a step-distilled checkpoint
+or fused LoRA, no guidance forward).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import itertools
 import statistics
 import sys
@@ -67,7 +80,8 @@ class ModelCase:
     transformer: dict[str, Any]
     vae: dict[str, Any]
     ti2v: bool  # Wan2.2 TI2V-5B: expand_timesteps, 24 fps, 16x VAE
-    public_model: str  # the catalog model the engine serves it as (t2v)
+    public_model: str  # the catalog model the engine serves it as (t2v, or i2v when image_encoder)
+    image_encoder: dict[str, Any] | None = None  # CLIPVisionConfig: an image-conditioned (Wan2.1 I2V) case
 
 
 WAN21_VAE: dict[str, Any] = {}  # AutoencoderKLWan defaults are the Wan2.1 VAE
@@ -88,7 +102,18 @@ MODELS = {
     "5b": ModelCase("5b", "Wan2.2 TI2V-5B",
                     dict(_WAN_TRANSFORMER, num_attention_heads=24, ffn_dim=14336, num_layers=30,
                          in_channels=48, out_channels=48), WAN22_VAE, True, "wan2.2-t2v-plus"),
+    # Wan2.1-I2V-14B-480P: 36 input channels (noise + encoded first frame + mask), CLIP ViT-H/14 image tokens
+    # (257 x 1280) through added k/v projections in every cross-attention
+    "i2v-14b": ModelCase("i2v-14b", "Wan2.1 I2V-14B-480P",
+                         dict(_WAN_TRANSFORMER, num_attention_heads=40, ffn_dim=13824, num_layers=40,
+                              in_channels=36, out_channels=16, image_dim=1280, added_kv_proj_dim=5120),
+                         WAN21_VAE, False, "wanx2.1-i2v-plus",
+                         {"hidden_size": 1280, "intermediate_size": 5120, "projection_dim": 1024,
+                          "num_hidden_layers": 32, "num_attention_heads": 16, "image_size": 224,
+                          "patch_size": 14, "hidden_act": "gelu"}),
 }
+DEFAULT_MODELS = "1.3b,5b,i2v-14b"
+MODES = ("default", "nobatch", "compile", "fp8", "fuse", "cache", "distilled")
 
 TINY_TRANSFORMER = {
     "patch_size": (1, 2, 2), "num_attention_heads": 2, "attention_head_dim": 12, "text_dim": 32,
@@ -103,9 +128,14 @@ TINY_VAE_22 = {**WAN22_VAE, "base_dim": 4, "decoder_base_dim": 4, "dim_mult": [1
 
 def tiny_case(case: ModelCase) -> ModelCase:
     ch = 48 if case.ti2v else 16
-    return dataclasses.replace(case, title=case.title + " [tiny config]",
-                               transformer=dict(TINY_TRANSFORMER, in_channels=ch, out_channels=ch),
-                               vae=TINY_VAE_22 if case.ti2v else TINY_VAE)
+    transformer = dict(TINY_TRANSFORMER, in_channels=ch, out_channels=ch)
+    encoder = None
+    if case.image_encoder is not None:
+        transformer.update(in_channels=36, image_dim=16, added_kv_proj_dim=24)
+        encoder = {"hidden_size": 16, "intermediate_size": 32, "projection_dim": 16, "num_hidden_layers": 2,
+                   "num_attention_heads": 2, "image_size": 32, "patch_size": 8}
+    return dataclasses.replace(case, title=case.title + " [tiny config]", transformer=transformer,
+                               vae=TINY_VAE_22 if case.ti2v else TINY_VAE, image_encoder=encoder)
 
 
 # ==================================================================================================
@@ -178,7 +208,17 @@ def build_components(case: ModelCase, device, dtype, tiny: bool, text_layers: in
                         num_heads=64, relative_attention_num_buckets=32, relative_attention_max_distance=128,
                         dropout_rate=0.0, feed_forward_proj="gated-gelu")
     keep = tuple(WanTransformer3DModel._keep_in_fp32_modules)
+    image: dict[str, Any] = {}
+    if case.image_encoder is not None:
+        from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+        size = case.image_encoder["image_size"]
+        clip = CLIPVisionConfig(**case.image_encoder)
+        image = {"image_encoder": random_module(lambda: CLIPVisionModel(clip), device, torch.float32),
+                 "image_processor": CLIPImageProcessor(size={"shortest_edge": size},
+                                                       crop_size={"height": size, "width": size})}
     return {
+        **image,
         "tokenizer": tokenizer,
         "text_encoder": random_module(lambda: UMT5EncoderModel(t5), device, dtype),
         "vae": random_module(lambda: AutoencoderKLWan(**case.vae), device, torch.float32),
@@ -208,8 +248,15 @@ def step_flops(case: ModelCase, width: int, height: int, num_frames: int, cfg: b
     timestep = torch.empty((1, tokens) if case.ti2v else (1,), device="meta")
     x = torch.empty(lat, device="meta")
     text = torch.empty((1, 512, case.transformer["text_dim"]), device="meta")
+    extra = {}
+    if case.transformer.get("image_dim"):  # the CLIP tokens of the first frame (257 for ViT-H/14 at 224)
+        enc = case.image_encoder or {"image_size": 224, "patch_size": 14}
+        tokens_img = (enc["image_size"] // enc["patch_size"]) ** 2 + 1
+        extra["encoder_hidden_states_image"] = torch.empty((1, tokens_img, case.transformer["image_dim"]),
+                                                           device="meta")
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        transformer(hidden_states=x, timestep=timestep, encoder_hidden_states=text, return_dict=False)
+        transformer(hidden_states=x, timestep=timestep, encoder_hidden_states=text, return_dict=False,
+                    **extra)
     return counter.get_total_flops() * (2 if cfg else 1)
 
 
@@ -225,6 +272,26 @@ def peak_tflops(device) -> tuple[str, float | None]:
     return name, None
 
 
+def matmul_ceiling_tflops(device, dtype) -> float:
+    """The dense matmul rate this device reaches here: the median of 8192^3 (BF16 on a GPU) or 1024^3
+    (the CPU, float32) matmuls: a practical ceiling next to the datasheet peak."""
+    import torch
+
+    n = 8192 if device.type == "cuda" else 1024
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    times = []
+    for i in range(13):
+        _sync(device)
+        started = time.perf_counter()
+        for _ in range(4):
+            a @ b
+        _sync(device)
+        if i >= 3:  # the first runs pick the kernels
+            times.append((time.perf_counter() - started) / 4)
+    return 2 * n**3 / statistics.median(times) / 1e12
+
+
 # ==================================================================================================
 # timing
 
@@ -235,6 +302,29 @@ class Timing:
     full_s: float
     frames: int
     peak_gib: float | None
+    mp4_s: float = 0.0  # encoding the frames to an MP4 (part of the end-to-end time)
+    steps: int = 0
+
+
+def encode_seconds(frames: list, fps: int) -> float:
+    """Time the service's MP4 encoding of `frames` (H.264, as a finished task is stored)."""
+    import tempfile
+
+    from wanserve.media.video import encode_mp4
+
+    h, w = frames[0].shape[:2]
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        encode_mp4(iter(frames), Path(tmp) / "out.mp4", width=w, height=h, fps=fps, frame_count=len(frames))
+        return time.perf_counter() - started
+
+
+def first_frame(width: int, height: int):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
 
 
 def _median_step(stamps: list[float]) -> float:
@@ -268,9 +358,10 @@ def run_engine(engine, case: ModelCase, width: int, height: int, seconds: int, s
     from wanserve.engines.base import RenderJob
 
     engine.cfg = dc.replace(engine.cfg, num_inference_steps=steps)
-    job = RenderJob(kind="t2v", model=case.public_model, width=width, height=height,
+    i2v = case.image_encoder is not None
+    job = RenderJob(kind="i2v" if i2v else "t2v", model=case.public_model, width=width, height=height,
                     frame_count=seconds * FPS, prompt="A lighthouse at dawn, waves breaking on the rocks.",
-                    seed=1)
+                    seed=1, first_frame=first_frame(width, height) if i2v else None)
     stamps: list[float] = []
 
     def progress(done: int, total: int) -> None:
@@ -281,12 +372,13 @@ def run_engine(engine, case: ModelCase, width: int, height: int, seconds: int, s
     _reset_peak(device)
     _sync(device)
     started = time.perf_counter()
-    frames = sum(1 for _ in engine.render(job, progress))
+    frames = list(engine.render(job, progress))
     _sync(device)
-    return Timing(_median_step(stamps), time.perf_counter() - started, frames, _peak(device))
+    full = time.perf_counter() - started
+    return Timing(_median_step(stamps), full, len(frames), _peak(device), encode_seconds(frames, FPS), steps)
 
 
-def run_stock(pipe, width: int, height: int, num_frames: int, steps: int, device) -> Timing:
+def run_stock(pipe, width: int, height: int, num_frames: int, steps: int, device, fps: int = 16) -> Timing:
     import torch
 
     stamps: list[float] = []
@@ -299,29 +391,58 @@ def run_stock(pipe, width: int, height: int, num_frames: int, steps: int, device
     _reset_peak(device)
     _sync(device)
     started = time.perf_counter()
-    out = pipe("A lighthouse at dawn, waves breaking on the rocks.", height=height, width=width,
+    i2v = "image" in inspect.signature(pipe.__call__).parameters
+    image = {"image": first_frame(width, height)} if i2v else {}
+    out = pipe(prompt="A lighthouse at dawn, waves breaking on the rocks.", height=height, width=width,
                num_frames=num_frames, num_inference_steps=steps,
-               generator=torch.Generator(device).manual_seed(1), callback_on_step_end=on_step_end)
+               generator=torch.Generator(device).manual_seed(1), callback_on_step_end=on_step_end, **image)
     _sync(device)
-    return Timing(_median_step(stamps), time.perf_counter() - started, len(out.frames[0]), _peak(device))
+    full = time.perf_counter() - started
+    frames = [(f * 255).round().astype("uint8") for f in out.frames[0]]  # the np output, as an exporter does
+    return Timing(_median_step(stamps), full, len(frames), _peak(device), encode_seconds(frames, fps), steps)
+
+
+MODE_KEYS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "nobatch": {"cfg_batch": False},
+    "compile": {"compile": "regional"},
+    "fp8": {"quantize": "fp8"},
+    "fuse": {"fuse_qkv": True},
+    "cache": {"cache": (("threshold", 0.05), ("type", "first_block"))},
+    "distilled": {"num_inference_steps": 4, "guidance_scale": 1.0},
+}
 
 
 def build_engine(case: ModelCase, components: dict[str, Any], device, dtype, steps: int,
-                 attention_backend: str | None):
+                 attention_backend: str | None, mode: str = "default"):
+    """The engine over `components` with the speed keys of `mode`; (engine, set-up seconds), where the
+    set-up includes fusing, quantizing, and the compile warm-up."""
     from wanserve.engines.wan import LoadedCheckpoint, WanEngine, WanModelConfig
+    from wanserve.engines.wan.speed import check_quantize
 
-    index = {"_class_name": "WanPipeline", "expand_timesteps": case.ti2v, "boundary_ratio": None}
-    for name, (lib, cls) in {"tokenizer": ("transformers", "PreTrainedTokenizerFast"),
-                             "text_encoder": ("transformers", "UMT5EncoderModel"),
-                             "vae": ("diffusers", "AutoencoderKLWan"),
-                             "scheduler": ("diffusers", "UniPCMultistepScheduler"),
-                             "transformer": ("diffusers", "WanTransformer3DModel")}.items():
+    i2v = case.image_encoder is not None
+    index = {"_class_name": "WanImageToVideoPipeline" if i2v else "WanPipeline",
+             "expand_timesteps": case.ti2v, "boundary_ratio": None}
+    parts = {"tokenizer": ("transformers", "PreTrainedTokenizerFast"),
+             "text_encoder": ("transformers", "UMT5EncoderModel"),
+             "vae": ("diffusers", "AutoencoderKLWan"),
+             "scheduler": ("diffusers", "UniPCMultistepScheduler"),
+             "transformer": ("diffusers", "WanTransformer3DModel")}
+    if i2v:
+        parts.update(image_encoder=("transformers", "CLIPVisionModel"),
+                     image_processor=("transformers", "CLIPImageProcessor"))
+    for name, (lib, cls) in parts.items():
         index[name] = [lib, cls]
-    loaded = LoadedCheckpoint(Path(f"<random {case.title}>"), index, components, device, dtype)
-    loaded.place(attention_backend, None)
-    cfg = WanModelConfig(model=case.public_model, checkpoint=loaded.path, num_inference_steps=steps,
-                         device=str(device), attention_backend=attention_backend)
-    return WanEngine(cfg, loaded)
+    keys = dict(MODE_KEYS[mode])
+    keys.setdefault("num_inference_steps", steps)
+    cfg = WanModelConfig(model=case.public_model, checkpoint=Path(f"<random {case.title}>"),
+                         device=str(device), attention_backend=attention_backend, **keys)
+    check_quantize(cfg.quantize, device, f"--mode {mode}")
+    started = time.perf_counter()
+    loaded = LoadedCheckpoint(cfg.checkpoint, index, components, device, dtype)
+    loaded.place(attention_backend, cfg.cache, speed=cfg)
+    _sync(device)
+    return WanEngine(cfg, loaded), time.perf_counter() - started
 
 
 # ==================================================================================================
@@ -329,7 +450,9 @@ def build_engine(case: ModelCase, components: dict[str, Any], device, dtype, ste
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", default="1.3b,14b,5b", help="comma list of: " + ", ".join(MODELS))
+    p.add_argument("--models", default=DEFAULT_MODELS, help="comma list of: " + ", ".join(MODELS))
+    p.add_argument("--mode", default="default",
+                   help="comma list of engine speed modes: " + ", ".join(MODES) + " (default: default)")
     p.add_argument("--sizes", default="480p,720p", help="comma list of: " + ", ".join(SIZES))
     p.add_argument("--duration", type=int, default=5, help="seconds of video (default 5)")
     p.add_argument("--steps", type=int, default=50, help="denoising steps of a real generation (default 50)")
@@ -350,6 +473,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     args.sizes = [s.strip().lower() for s in args.sizes.split(",") if s.strip()]
+    args.modes = [m.strip() for m in args.mode.split(",") if m.strip()]
+    for m in args.modes:
+        if m not in MODES:
+            p.error(f"unknown mode {m!r}; choose from {', '.join(MODES)}")
     for m in args.models:
         if m not in MODELS:
             p.error(f"unknown model {m!r}; choose from {', '.join(MODELS)}")
@@ -417,39 +544,69 @@ def main(argv: list[str] | None = None) -> int:
     gpu, peak = peak_tflops(device)
     peak = args.peak_tflops or peak
     peak_text = f"{peak:.0f} TFLOP/s" if peak else "unknown (use --peak-tflops)"
-    print(f"device: {gpu}; peak dense BF16: {peak_text}; "
-          f"torch {torch.__version__}, diffusers {diffusers.__version__}; dtype {dtype}; "
+    ceiling = matmul_ceiling_tflops(device, dtype)
+    print(f"device: {gpu}; peak dense BF16: {peak_text}; measured matmul ceiling "
+          f"({'8192' if device.type == 'cuda' else '1024'}^3, {str(dtype).removeprefix('torch.')}): "
+          f"{ceiling:.1f} TFLOP/s; torch {torch.__version__}, diffusers {diffusers.__version__}; "
+          f"dtype {dtype}; "
           f"{args.duration} s clips, "
-          f"full generation with {args.full_steps} steps, extrapolated to {args.steps}")
-    header = (f"{'model':<44} {'size':>9} {'path':<7} {'s/step':>8} {'full s':>8} {f'@{args.steps} s':>9} "
-              f"{'frames':>6} {'peak GiB':>8} {'MFU':>6}")
-    rows = [header]
+          f"full generation with {args.full_steps} steps, extrapolated to {args.steps}; modes {args.modes}")
+    header = (f"{'model':<44} {'size':>9} {'path':<17} {'s/step':>8} {'full s':>8} {f'@{args.steps} s':>9} "
+              f"{'e2e s':>8} {'frames':>6} {'peak GiB':>8} {'MFU':>6} {'MFU/mm':>6}")
     print(header, flush=True)
-    for case, label, w, h, n in plan_cases(args):
-        from diffusers import WanPipeline
+    from wanserve.engines.base import EngineConfigError
 
-        flops = step_flops(case, w, h, n)
+    def report(case, w, h, path: str, t: Timing, flops: int, target_steps: int) -> None:
+        at_steps = t.full_s + (target_steps - t.steps) * t.step_s
+        mfu = flops / t.step_s / (peak * 1e12) if peak and t.step_s > 0 else None
+        mfu_mm = flops / t.step_s / (ceiling * 1e12) if t.step_s > 0 else None
+        print(f"{case.title:<44} {f'{w}x{h}':>9} {path:<17} {t.step_s:>8.3f} {t.full_s:>8.1f} "
+              f"{at_steps:>9.1f} "
+              f"{at_steps + t.mp4_s:>8.1f} {t.frames:>6} "
+              f"{f'{t.peak_gib:.1f}' if t.peak_gib is not None else 'n/a':>8} "
+              f"{f'{100 * mfu:.1f}%' if mfu is not None else 'n/a':>6} "
+              f"{f'{100 * mfu_mm:.1f}%' if mfu_mm is not None else 'n/a':>6}", flush=True)
+
+    for case, label, w, h, n in plan_cases(args):
+        from diffusers import WanImageToVideoPipeline, WanPipeline
+
+        flops = step_flops(case, w, h, n)  # with guidance: two forwards
+        fps = 24 if case.ti2v else 16
+        # stock diffusers first, on pristine modules (the speed modes change them)
         components = build_components(case, device, dtype, args.tiny, args.text_layers)
-        engine = build_engine(case, components, device, dtype, args.full_steps, args.attention_backend)
-        stock = WanPipeline(**components, expand_timesteps=case.ti2v)
+        if case.image_encoder is not None:
+            stock = WanImageToVideoPipeline(**components)
+        else:
+            stock = WanPipeline(**components, expand_timesteps=case.ti2v)
         stock.set_progress_bar_config(disable=True)
-        run_engine(engine, case, w, h, 1, 2, device)  # warm-up (and, on CUDA, kernel selection)
-        run_stock(stock, w, h, 5, 2, device)
-        results = {"engine": run_engine(engine, case, w, h, args.duration, args.full_steps, device),
-                   "stock": run_stock(stock, w, h, n, args.full_steps, device)}
-        for path, t in results.items():
-            at_steps = t.full_s + (args.steps - args.full_steps) * t.step_s
-            mfu = flops / t.step_s / (peak * 1e12) if peak and t.step_s > 0 else None
-            row = (f"{case.title:<44} {f'{w}x{h}':>9} {path:<7} {t.step_s:>8.3f} {t.full_s:>8.1f} "
-                   f"{at_steps:>9.1f} "
-                   f"{t.frames:>6} {f'{t.peak_gib:.1f}' if t.peak_gib is not None else 'n/a':>8} "
-                   f"{f'{100 * mfu:.1f}%' if mfu is not None else 'n/a':>6}")
-            rows.append(row)
-            print(row, flush=True)
-        e, s = results["engine"], results["stock"]
-        print(f"{'':<44} {label:>9} ratio engine/stock: {e.step_s / s.step_s:.3f} per step, "
-              f"{e.full_s / s.full_s:.3f} full ({flops / 1e12:.4g} TFLOP/step counted)", flush=True)
-        del engine, stock, components
+        run_stock(stock, w, h, 5, 2, device, fps)  # warm-up (and, on CUDA, kernel selection)
+        s = run_stock(stock, w, h, n, args.full_steps, device, fps)
+        report(case, w, h, "stock", s, flops, args.steps)
+        del stock
+        for k, mode in enumerate(args.modes):
+            if k:
+                del components
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                components = build_components(case, device, dtype, args.tiny, args.text_layers)
+            try:
+                engine, setup_s = build_engine(case, components, device, dtype, args.full_steps,
+                                               args.attention_backend, mode)
+            except EngineConfigError as exc:
+                print(f"{case.title:<44} {f'{w}x{h}':>9} engine:{mode:<10} skipped: {exc}", flush=True)
+                continue
+            steps = engine.cfg.num_inference_steps if mode == "distilled" else args.full_steps
+            run_engine(engine, case, w, h, 1, 2, device)  # warm-up
+            e = run_engine(engine, case, w, h, args.duration, steps, device)
+            guided = engine.cfg.guidance_scale is None or engine.cfg.guidance_scale > 1
+            report(case, w, h, "engine" if mode == "default" else f"engine:{mode}", e,
+                   flops if guided else flops // 2, steps if mode == "distilled" else args.steps)
+            print(f"{'':<44} {label:>9} ratio engine/stock ({mode}): {e.step_s / s.step_s:.3f} per step, "
+                  f"{e.full_s / s.full_s:.3f} full; set-up {setup_s:.1f} s "
+                  "(fuse, quantize, compile warm-up); "
+                  f"{flops / 1e12:.4g} TFLOP/step counted with guidance", flush=True)
+            del engine
+        del components
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return 0

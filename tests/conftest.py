@@ -311,3 +311,21 @@ def wait_for(predicate, timeout: float = 60, every: float = 0.02):
 def stored_results(services: Services) -> set[str]:
     """Ids of the tasks that have a result file in storage (any attempt)."""
     return {task_id for task_id, _ in services.storage.result_files()}
+
+
+# -- S3 -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """A real S3 endpoint on loopback (moto's server in a thread), for the whole session; tests make their
+    own buckets."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()

@@ -59,6 +59,11 @@ def _comma_list(value: Any) -> Any:
     return [item for item in value.split(",") if item.strip()] if isinstance(value, str) else value
 
 
+def _names(value: list[str]) -> list[str]:
+    """Names from a list, stripped, empty ones left out (`a, b,` is ["a", "b"])."""
+    return [item.strip() for item in value if item.strip()]
+
+
 def _hosts(value: list[str]) -> list[str]:
     hosts = [item.strip().lower() for item in value]
     for host in hosts:
@@ -123,8 +128,8 @@ class QuotaLimits(BaseModel):
 
 class QuotaSettings(QuotaLimits):
     """The `[quotas]` table: per-account limits (its own keys), overridden for one account by
-    `[quotas.accounts."name"]` and narrowed for one API key by `[quotas.keys."key id"]`; per-model running
-    limits per account in `[quotas.models."model"]` (max_running only). Absent: no limits (the embedded
+    `[quotas.accounts."name"]` and narrowed for one API key by `[quotas.keys."key id"]`; limits per account
+    and model in `[quotas.models."model"]`. Absent: no limits (the embedded
     single-user default). The hosted table (2.2/2.1 models 2 RPS / 2 running, 2.5+ 5 / 5) is written out in
     docs/deploy.md."""
 
@@ -191,10 +196,40 @@ class Settings(BaseSettings):
     # task times are shown in this zone, as the hosted service (UTC+8) does
     utc_offset_hours: float = Field(8.0, ge=-24, le=24)
     allow_private_media_urls: bool = False
-    storage: Literal["local"] = "local"  # where results and uploads live (storage/__init__.py: open_storage)
+    # where results and uploads live (storage/__init__.py: open_storage): the data dir, or an S3 bucket
+    storage: Literal["local", "s3"] = "local"
     models: dict[str, dict[str, Any]] = Field(default_factory=dict)  # [models."name"] tables
+    # the models this process's workers serve: a subset of [models] (names or aliases); empty: all of them
+    # (every model when [models] is empty). WANSERVE_WORKER_MODELS=a,b; `worker --models a,b`
+    worker_models: Annotated[list[str], NoDecode, BeforeValidator(_comma_list), AfterValidator(_names)] = \
+        Field(default_factory=list)
     api_key: str = ""  # WANSERVE_API_KEY: a bootstrap key (account "default") that `serve` also accepts
     log_level: Annotated[str, AfterValidator(_log_level)] = "INFO"  # WANSERVE_LOG_LEVEL
+    # webhooks (docs/webhooks.md): a delivery that fails is retried until this long after its task ended
+    webhook_retry_seconds: float = Field(3600.0, ge=0)
+    # ...after waiting this long, then twice as long each time (capped at 300 s)
+    webhook_backoff_seconds: float = Field(1.0, gt=0)
+    # log lines as plain text, or one JSON object per line for log shippers (logs.py; WANSERVE_LOG_FORMAT)
+    log_format: Literal["text", "json"] = "text"
+    # storage = "s3" (storage/s3.py, docs/deploy.md "S3 storage"): the bucket results and uploads go to
+    s3_bucket: str = ""
+    s3_endpoint_url: str = ""  # e.g. "http://minio.internal:9000"; empty: AWS S3 (its regional endpoint)
+    s3_region: str = ""  # empty: boto3's default (AWS_REGION, ~/.aws/config, else us-east-1)
+    s3_prefix: str = ""  # prepended to every object key, e.g. "wanserve/" (a "/" is added if missing)
+    # credentials; both empty: boto3's default chain (environment, ~/.aws files, instance or task role)
+    s3_access_key_id: str = ""
+    s3_secret_access_key: str = ""
+    # video_url: "redirect" = wanserve's signed link, answered 307 to a fresh presigned S3 URL; "direct" =
+    # the presigned S3 URL itself, valid until the task expires (needs long-lived keys: SigV4 links die
+    # with the temporary credentials that signed them)
+    s3_links: Literal["redirect", "direct"] = "redirect"
+    s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"  # bucket in the path or host name
+    # multi-GPU tasks (docs/deploy.md "Multi-GPU tasks"): how long one rank waits for the others in a
+    # collective (a task's start, a denoising step, the end of rank 0's decode/encode) before it gives the
+    # group up as broken and exits, so a hung or dead rank never holds the GPUs for ever
+    dist_timeout_seconds: float = Field(600.0, gt=0)
+    # `worker --gpus 0,1`: how long a rank may take to stop after the group is told to stop
+    dist_stop_seconds: float = Field(30.0, gt=0)
     # [quotas]: per-account create rate, running and queued limits; None (absent): no limits
     quotas: QuotaSettings | None = None
     # a task running longer than this ends FAILED InternalError.Timeout (the hosted 3 h cap)
@@ -236,6 +271,40 @@ class Settings(BaseSettings):
         return path.read_text().strip().encode()
 
 
+class DistributedEnv(BaseModel):
+    """This process's place in a torchrun-style process group (one rank per GPU of a multi-GPU worker)."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
+
+
+def inherited_environment() -> dict[str, str]:
+    """This process's whole environment, for child processes that inherit it (the ranks `worker --gpus`
+    starts); passed through, not read as settings."""
+    return dict(os.environ)
+
+
+def distributed_env() -> DistributedEnv | None:
+    """RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT as torchrun (or `worker --gpus`) sets them; None
+    when this process is not one rank of several (absent, or WORLD_SIZE 1). Read here because this module is
+    the only reader of the environment."""
+    env = os.environ
+    try:
+        world = int(env.get("WORLD_SIZE", "1"))
+        if world <= 1 or "RANK" not in env:
+            return None
+        rank = int(env["RANK"])
+        return DistributedEnv(rank=rank, world_size=world, local_rank=int(env.get("LOCAL_RANK", rank)),
+                              master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
+                              master_port=int(env.get("MASTER_PORT", "29500")))
+    except ValueError as exc:
+        raise SettingsError(f"environment RANK/WORLD_SIZE/LOCAL_RANK/MASTER_PORT: not integers "
+                            f"({exc})") from None
+
+
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
     """Defaults < the TOML file `config_file` < the environment (WANSERVE_<NAME>) < `overrides` that are not
     None (the command-line flags). Raises SettingsError (one line naming the file or variable and the key)."""
@@ -248,6 +317,14 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         if value is not None:
             values[name] = _check("flag", name, value, where=f"command line --{name.replace('_', '-')}")
     return Settings(**values)
+
+
+def client_environment() -> tuple[str, str]:
+    """(base URL, API key) from the DashScope SDK's own variables, DASHSCOPE_HTTP_BASE_URL and
+    DASHSCOPE_API_KEY ("" where unset), for the client commands (`wanserve generate`, `wanserve tasks`), so a
+    shell set up for the SDK works with them too. Read here because this module is the environment's only
+    reader; they are not settings of the server."""
+    return os.environ.get("DASHSCOPE_HTTP_BASE_URL", ""), os.environ.get("DASHSCOPE_API_KEY", "")
 
 
 # ----------------------------------------------------------------------------------------------- the sources
@@ -395,8 +472,9 @@ def _example(kind: str, name: str) -> str:
         text = '{"backend": "openai", "base_url": "http://127.0.0.1:8001/v1", "model": "m"}'
         return f"{ENV_PREFIX}PROMPT_EXTEND='{text}'" if kind == "env" else f"{name}={text}"
     value = Settings.model_fields[name].get_default(call_default_factory=True)
-    if isinstance(value, list):  # allowed_hosts
-        value = ["api.example.com", "localhost:8000"]
+    if isinstance(value, list):  # allowed_hosts, worker_models
+        value = ["wan2.2-t2v-plus", "wan2.6-t2v"] if name == "worker_models" else ["api.example.com",
+                                                                                  "localhost:8000"]
     if kind == "file":
         if isinstance(value, dict):
             return f'a [{name}."wan2.6-t2v"] table with engine = "preview"'

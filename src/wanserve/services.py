@@ -18,6 +18,7 @@ from .storage.signing import Signer
 from .storage.sweeper import Swept, run_sweeper, sweep
 from .storage.uploads import UploadStore
 from .tasks.db import migrate, open_engine
+from .tasks.quotas import CreateQuotas
 from .tasks.store import TaskStore
 from .tasks.workers import WorkerRegistry
 
@@ -30,7 +31,11 @@ class Services:
     storage: Storage
     uploads: UploadStore
     workers: WorkerRegistry
+    quotas: CreateQuotas = field(init=False)  # [quotas], checked at create (none when absent)
     _rewriter: list[Rewriter | None] = field(default_factory=list, repr=False)  # built once, at first use
+
+    def __post_init__(self) -> None:
+        self.quotas = CreateQuotas(self.db, self.settings.quotas)
 
     @classmethod
     def open(cls, settings: Settings) -> Services:
@@ -38,9 +43,9 @@ class Services:
         db = open_engine(settings.db_url)
         migrate(db)
         store = TaskStore(db, lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts,
-                          task_ttl_seconds=settings.task_ttl_seconds)
+                          task_ttl_seconds=settings.task_ttl_seconds, quotas=settings.quotas)
         signer = Signer(settings.secret())
-        storage = open_storage(settings.storage, settings.data_dir, signer)
+        storage = open_storage(settings.storage, settings.data_dir, signer, settings)
         uploads = UploadStore(db, storage, signer, ttl_seconds=settings.upload_ttl_seconds)
         return cls(settings, db, store, storage, uploads, WorkerRegistry(db))
 
@@ -56,10 +61,10 @@ class Services:
         return self._rewriter[0]
 
     def sweep(self) -> Swept:
-        return sweep(self.store, self.uploads, self.storage)
+        return sweep(self.store, self.uploads, self.storage, self.workers)
 
     def run_sweeper(self, stop: threading.Event) -> None:
-        run_sweeper(self.store, self.uploads, self.storage, self.settings.sweep_seconds, stop)
+        run_sweeper(self.store, self.uploads, self.storage, self.settings.sweep_seconds, stop, self.workers)
 
     def close(self) -> None:
         self.db.dispose()

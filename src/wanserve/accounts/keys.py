@@ -20,6 +20,7 @@ BOOTSTRAP_KEY_ID = "bootstrap"
 class Caller:
     account_id: str
     api_key_id: str
+    callback_url: str | None = None  # the key's default webhook URL (`wanserve keys callback`)
 
 
 def _hash(key: str) -> str:
@@ -59,6 +60,6 @@ def authenticate(engine: Engine, key: str, bootstrap_key: str | None = None) -> 
     if bootstrap_key and hmac.compare_digest(key.encode(), bootstrap_key.encode()):
         return Caller("default", BOOTSTRAP_KEY_ID)
     with read(engine) as conn:  # every request authenticates: never wait for a writer
-        row = conn.execute(select(api_keys.c.id, api_keys.c.account_id)
+        row = conn.execute(select(api_keys.c.id, api_keys.c.account_id, api_keys.c.callback_url)
                            .where(api_keys.c.key_hash == _hash(key), api_keys.c.revoked_ms.is_(None))).first()
-    return Caller(row.account_id, row.id) if row else None
+    return Caller(row.account_id, row.id, row.callback_url) if row else None

@@ -7,7 +7,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from ..services import Services
-from . import dashscope
+from . import console, dashscope, ops
 from .errors import install_error_handlers
 
 FLAVOURS = (dashscope,)  # the first one writes errors for paths no flavour claims
@@ -15,10 +15,12 @@ FLAVOURS = (dashscope,)  # the first one writes errors for paths no flavour clai
 
 def create_app(services: Services) -> FastAPI:
     app = FastAPI(title="wanserve", summary="Self-hosted, DashScope-compatible Wan video synthesis",
-                  version="0.1.0")
+                  version="0.1.0", docs_url=None, redoc_url=None)  # console serves both offline
     app.state.services = services
     for flavour in FLAVOURS:
         flavour.include(app)
+    console.include(app)  # the web console at /, /docs and /redoc from packaged files
+    ops.include(app)  # /metrics, /healthz, /readyz (no key, not in the schema) and the access log
     install_error_handlers(app, [(prefix, f.error_response) for f in FLAVOURS for prefix in f.PREFIXES])
 
     def openapi() -> dict:

@@ -4,6 +4,7 @@ as the body of the API flavour that owns the request's path (`Flavour.error_resp
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 
 from fastapi import FastAPI, Request
@@ -12,13 +13,18 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from ..errors import Code, ServiceError
+from ..errors import Code, QuotaExceeded, ServiceError
 from .bodies import wants_close
 
 log = logging.getLogger("wanserve.api")
 
 ErrorWriter = Callable[[Request, Code, str, int | None], JSONResponse]
 """A flavour's error body writer: (request, code, message, status or None for the flavour's own)."""
+
+
+def retry_after(seconds: float) -> str:
+    """A Retry-After value (RFC 9110: whole seconds): rounded up, at least 1."""
+    return str(max(1, math.ceil(seconds)))
 
 
 def install_error_handlers(app: FastAPI, writers: Sequence[tuple[str, ErrorWriter]]) -> None:
@@ -34,7 +40,10 @@ def install_error_handlers(app: FastAPI, writers: Sequence[tuple[str, ErrorWrite
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        return write(request, exc.code, exc.message)
+        response = write(request, exc.code, exc.message)
+        if isinstance(exc, QuotaExceeded) and exc.retry_after_s is not None:
+            response.headers["Retry-After"] = retry_after(exc.retry_after_s)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -55,6 +55,9 @@ def build_server(app: Any, settings: Settings, *, log_level: str = "warning") ->
                     settings.max_connections)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level=log_level,
+        access_log=False,  # api/access.py writes one line per request (wanserve.access), with its route
+        # JSON logs: uvicorn's loggers keep no handlers of their own and reach the root's JSON one
+        log_config=None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
         http=_protocol_class(settings, cap),
         ws="none",  # no WebSocket routes: an Upgrade must not hand the connection to an unguarded protocol
         limit_concurrency=cap + 1,  # uvicorn answers 503 from the (cap + 1)th open connection on

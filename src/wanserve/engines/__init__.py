@@ -12,23 +12,36 @@ configuration or checkpoint fails the start (EngineConfigError), never the first
 
 A table's `sound` key (`sound = "silent"` or `sound = { engine = "stable_audio", ... }`) picks the
 model's sound engine (engines.sound); EngineSet strips it before the video engine sees the table.
+
+Which models a worker process serves (and so claims) follows from the same table: the models it
+configures, or every model when it is empty (all on the preview engine). `serve` (the `worker_models`
+setting, `wanserve worker --models a,b`) narrows a process to some of them, and only their engines are
+loaded, so worker processes sharing one config file on several GPUs each load what they serve.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterable
+
 from ..catalog.models import ModelSpec, find_model
+from ..metrics import ENGINE_LOAD_SECONDS
 from .base import Engine, EngineConfigError, RenderJob
 from .registry import DEFAULT_ENGINE, LOADERS, default_engine
 from .sound import SILENT, SoundEngine, load_sound_engines, parse_sound
 from .sound.placeholder import PlaceholderChord
 
-__all__ = ["Engine", "EngineConfigError", "EngineSet", "RenderJob", "SoundEngine"]
+__all__ = ["ALL_MODELS", "Engine", "EngineConfigError", "EngineSet", "RenderJob", "SoundEngine"]
+
+ALL_MODELS = "*"  # a worker serving every model registers and claims with it (= tasks.workers.ALL_MODELS)
 
 
 class EngineSet:
     """The engines one worker process has loaded, by canonical public model name."""
 
-    def __init__(self, models: dict[str, dict] | None = None) -> None:
+    def __init__(self, models: dict[str, dict] | None = None, *, serve: Iterable[str] | None = None) -> None:
+        """`models`: the [models] tables; `serve`: the names (or aliases) this process serves, a subset of
+        them (of every model when `models` is empty); None or empty: all. Raises EngineConfigError."""
         self._default: Engine | None = None
         self.by_model: dict[str, Engine] = {}
         self.sound_by_model: dict[str, SoundEngine] = {}  # models with generated sound, configured
@@ -58,10 +71,27 @@ class EngineSet:
             elif sound == SILENT:
                 self._silent.add(spec.name)
             tables.setdefault(engine, {})[spec.name] = {k: v for k, v in cfg.items() if k != "sound"}
+        self.configured: list[str] = list(seen)  # canonical names, in the file's order
+        self.served: list[str] = (_narrow(self.configured, serve, "worker_models") or self.configured
+                                  or [ALL_MODELS])
+        if self.configured and self.served != self.configured:  # load only what this process serves
+            needed = _with_continuations(self.served, tables)
+            tables = {e: {m: t for m, t in ts.items() if m in needed} for e, ts in tables.items()}
+            sound_tables = {m: t for m, t in sound_tables.items() if m in needed}
         for engine, load in LOADERS.items():
             if engine in tables:
+                started = time.monotonic()
                 self.by_model.update(load(tables[engine]))
+                ENGINE_LOAD_SECONDS.labels(engine).observe(time.monotonic() - started)
         self.sound_by_model.update(load_sound_engines(sound_tables))
+
+    def served_models(self, only: Iterable[str] | None = None) -> list[str]:
+        """The canonical names this process's workers serve and claim (["*"]: every model), narrowed to
+        `only` (names or aliases among them; None or empty: all). Raises EngineConfigError for a name
+        that is not served."""
+        if not only:
+            return list(self.served)
+        return _narrow([] if self.served == [ALL_MODELS] else self.served, only, "worker_models")
 
     def for_model(self, model: str) -> Engine:
         spec = find_model(model)
@@ -69,7 +99,9 @@ class EngineSet:
         if key in self.by_model:
             return self.by_model[key]
         if self._default is None:
+            started = time.monotonic()
             self._default = default_engine()
+            ENGINE_LOAD_SECONDS.labels(DEFAULT_ENGINE).observe(time.monotonic() - started)
         return self._default
 
     def sound_for_model(self, model: str) -> SoundEngine | None:
@@ -84,6 +116,36 @@ class EngineSet:
         if spec.name in self._silent or self.for_model(spec.name).name != "preview":
             return None  # a real engine without a sound engine was refused at start unless silent
         return PlaceholderChord()
+
+
+def _narrow(available: list[str], wanted: Iterable[str] | None, setting: str) -> list[str]:
+    """The canonical names of `wanted` (names or aliases), each one of `available` (when `available` is
+    empty, any public model); [] when nothing is wanted. One line per refusal, naming the setting."""
+    names: list[str] = []
+    for name in wanted or ():
+        spec = find_model(name)
+        if spec is None:
+            raise EngineConfigError(f"{setting}: {name!r} is not a public model name or alias "
+                                    "(see `wanserve models`).")
+        if available and spec.name not in available:
+            raise EngineConfigError(f"{setting}: {name!r} is not configured here (configured: "
+                                    f"{', '.join(available)}); add a [models.\"{spec.name}\"] table or "
+                                    "leave it out of the list.")
+        if spec.name not in names:
+            names.append(spec.name)
+    return names
+
+
+def _with_continuations(served: list[str], tables: dict[str, dict[str, dict]]) -> set[str]:
+    """`served` and the models their tables continue long shots with (`continue_with`), which are loaded
+    too (for the continuation only: this process does not claim their tasks)."""
+    needed = set(served)
+    for by_model in tables.values():
+        for model, table in by_model.items():
+            other = find_model(str(table.get("continue_with", ""))) if model in served else None
+            if other is not None:
+                needed.add(other.name)
+    return needed
 
 
 def _check_sound(name: str, spec: ModelSpec, engine: str, sound: str | dict | None) -> None:

@@ -62,6 +62,9 @@ class GenerationPipeline:
         job = plan(req, inputs, rewrite)
         # 3. render (lazily: frames stream into the encoder)
         engine = self.engines.for_model(req.model)
+        share = getattr(ctx, "share", None)
+        if share is not None:  # rank 0 of a multi-GPU worker: the other ranks render this job in step
+            share(req.model, job, inputs.clip)
         frames = self.render(engine, job, inputs, ctx)
         # 4. sound
         audio = soundtrack(req, inputs, job, self.engines.sound_for_model(req.model))
@@ -107,6 +110,16 @@ class GenerationPipeline:
         if inputs.clip is not None:
             return continue_clip(engine, job, inputs.clip, ctx.progress)
         return engine.render(job, ctx.progress)
+
+    def follow(self, model: str, job: RenderJob, clip: Any, ctx: TaskContext) -> None:
+        """Another rank of a multi-GPU worker (worker.distributed): render the job rank 0 planned and
+        shared, in step with it (each progress report is a collective there); the frames are dropped,
+        as rank 0 encodes and stores the result."""
+        engine = self.engines.for_model(model)
+        frames = continue_clip(engine, job, clip, ctx.progress) if clip is not None else \
+            engine.render(job, ctx.progress)
+        for _ in frames:
+            pass
 
     def discard(self, task_id: str, attempt: int) -> None:
         """Remove attempt `attempt`'s stored result, which nobody will read (its task was canceled or taken

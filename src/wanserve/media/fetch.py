@@ -39,6 +39,7 @@ from wanserve.errors import Code, ServiceError
 __all__ = [
     "OssResolver",
     "address_is_forbidden",
+    "checked_http_url",
     "decode_data_url",
     "fetch_media",
 ]
@@ -225,7 +226,22 @@ def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
     return found
 
 
-def _resolve_checked(host: str, port: int, *, field: str) -> list[IPAddress]:
+def checked_http_url(url: str, *, field: str, allow_private: bool,
+                     hint: str = _PRIVATE_REFUSED_HINT) -> tuple[httpx.URL, list[IPAddress]]:
+    """An http(s) URL the service itself will send to (a webhook), through the same guard as a media
+    download: parsed, and unless `allow_private` its host resolved once and every address checked. Returns
+    the URL and the checked addresses to connect to ([] when private URLs are allowed: connect by name), so
+    a caller can pin its connection as `_build_request` does. ServiceError (InvalidURL*) naming `field`,
+    with `hint` saying what to change when the host is private."""
+    parsed = _parse_http_url(url.strip(), field=field)
+    if allow_private:
+        return parsed, []
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    return parsed, _resolve_checked(parsed.raw_host.decode("ascii"), port, field=field, hint=hint)
+
+
+def _resolve_checked(host: str, port: int, *, field: str,
+                     hint: str = _PRIVATE_REFUSED_HINT) -> list[IPAddress]:
     """Resolve `host` once and return its addresses, refusing the URL if any of them is forbidden."""
     try:
         addresses: list[IPAddress] = [ipaddress.ip_address(host)]
@@ -247,8 +263,7 @@ def _resolve_checked(host: str, port: int, *, field: str) -> list[IPAddress]:
         if address_is_forbidden(ip):
             raise ServiceError(
                 Code.INVALID_URL,
-                f"{field}: the URL's host {host} resolves to a private or loopback address ({ip}); "
-                + _PRIVATE_REFUSED_HINT,
+                f"{field}: the URL's host {host} resolves to a private or loopback address ({ip}); " + hint,
             )
     return addresses
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol, runtime_checkable
 
 RESULT_ATTEMPT = "attempt"  # the key, in a SUCCEEDED task's facts, of the attempt whose file is the result
 
@@ -75,6 +75,23 @@ class Storage(Protocol):
         ...
 
     def remove_upload(self, key: str) -> None: ...
+
+    # -- health -----------------------------------------------------------------------------
+    def ping(self) -> None:
+        """Raise (OSError, or the backend's own error) if results and uploads cannot be stored now, saying
+        why. `/readyz` calls it every few seconds: cheap, leaving nothing behind."""
+        ...
+
+
+@runtime_checkable
+class RedirectsResults(Protocol):
+    """A storage whose result files live elsewhere (an object store): wanserve's signed result link is
+    answered with a redirect to the file (`result_location`), not with the file's bytes."""
+
+    def result_location(self, name: str, expires: str, signature: str, method: str = "GET") -> str:
+        """The URL to send a client following a signed result link to, for `method` (GET or HEAD);
+        AccessDenied if the link is forged or expired, NotFound if the file is gone."""
+        ...
 
 
 def chunks(fh: BinaryIO, size: int = 1 << 20) -> Iterator[bytes]:

@@ -13,6 +13,7 @@ import glob
 import os
 import re
 import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -131,6 +132,21 @@ class LocalStorage:
     def remove_upload(self, key: str) -> None:
         with contextlib.suppress(ServiceError):
             self._upload(key).unlink(missing_ok=True)
+
+    # -- health -------------------------------------------------------------------------
+
+    def ping(self) -> None:
+        """Each folder is there and writable, and a file can really be written (a read-only remount or a
+        vanished volume shows here, not in the next task): a nameless temp file, gone on close."""
+        for sub in ("results", "partial", "uploads"):
+            folder = self.root / sub
+            if not folder.is_dir():
+                raise FileNotFoundError(f"{folder} is missing")
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise PermissionError(f"{folder} is not writable")
+        with tempfile.TemporaryFile(dir=self.root / "partial") as fh:
+            fh.write(b"ping")
+            fh.flush()
 
 
 def _result_name(task_id: str, attempt: int | None) -> str:

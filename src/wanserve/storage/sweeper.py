@@ -1,7 +1,8 @@
 """Expiry and clean-up: tasks and their videos live 24 h after they end, uploads 48 h (contract
 section 7), and files nothing refers to any more (a killed worker's partial results, a result whose
 task row is gone, the result files of an ended task's attempts other than the one it published) are
-removed."""
+removed. Rows of worker processes not heard from for an hour (killed, never deregistered) leave the
+worker registry too."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 
 from ..tasks.states import TERMINAL, TaskStatus
 from ..tasks.store import TaskStore
+from ..tasks.workers import WorkerRegistry
 from .base import Storage, published_attempt
 from .uploads import UploadStore
 
@@ -24,7 +26,10 @@ class Swept:
     orphans: int
 
 
-def sweep(store: TaskStore, uploads: UploadStore, storage: Storage) -> Swept:
+def sweep(store: TaskStore, uploads: UploadStore, storage: Storage,
+          registry: WorkerRegistry | None = None) -> Swept:
+    if registry is not None:
+        registry.prune()
     task_ids = store.expire()
     for task_id in task_ids:
         storage.remove_result(task_id)
@@ -64,10 +69,10 @@ def sweep_orphans(store: TaskStore, storage: Storage) -> int:
 
 
 def run_sweeper(store: TaskStore, uploads: UploadStore, storage: Storage, every_s: float,
-                stop: threading.Event) -> None:
+                stop: threading.Event, registry: WorkerRegistry | None = None) -> None:
     while not stop.is_set():
         try:
-            sweep(store, uploads, storage)
+            sweep(store, uploads, storage, registry)
         except Exception:  # keep sweeping next time; a failed sweep loses nothing
             log.exception("sweep failed")
         stop.wait(every_s)

@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 
 from .states import STORED, TERMINAL, TaskStatus
@@ -30,6 +31,13 @@ def _quoted(states) -> str:
 
 
 _TERMINAL = _quoted(TERMINAL)
+# The claim's partial indexes' conditions. A query must spell its status test the same way (a literal, not
+# a bound parameter) for SQLite and PostgreSQL to use them. The second term (always true there) keeps them
+# out of the list's plans: a query may use a partial index only if its WHERE implies the whole condition,
+# and only the claim's probes test route_model or lease_until_ms (any comparison implies IS NOT NULL).
+PENDING_ROUTED = f"status = '{TaskStatus.PENDING}' AND route_model IS NOT NULL"
+RUNNING_ROUTED = f"status = '{TaskStatus.RUNNING}' AND route_model IS NOT NULL"
+RUNNING_LEASED = f"status = '{TaskStatus.RUNNING}' AND lease_until_ms IS NOT NULL"
 # The state machine's invariants (tasks/states.py), enforced by the database (migration 0002).
 TASK_CHECKS: dict[str, str] = {
     "ck_tasks_status": f"status IN ({_quoted(STORED)})",
@@ -92,6 +100,10 @@ tasks = Table(
     # (NULL: nothing (more) to deliver); the deliverer takes a due task with one guarded UPDATE.
     Column("callback_url", Text),
     Column("callback_due_ms", BigInteger),
+    # Extension (migration 0005): the canonical catalog name workers route on (`model` keeps the caller's
+    # spelling, an alias or a snapshot name); create() fills it. '' only for a row written around the
+    # store, which a worker serving every model ("*") still runs.
+    Column("route_model", String(64), nullable=False, server_default=""),
     *(CheckConstraint(sql, name=name) for name, sql in TASK_CHECKS.items()),
 )
 Index("ix_tasks_status_submit", tasks.c.status, tasks.c.submit_ms)
@@ -102,6 +114,24 @@ Index("ix_tasks_account_list", tasks.c.account_id, tasks.c.submit_ms.desc(), tas
       tasks.c.model, tasks.c.end_ms)
 Index("ux_tasks_account_idempotency", tasks.c.account_id, tasks.c.idempotency_key, unique=True)
 Index("ix_tasks_callback_due", tasks.c.callback_due_ms)
+# The claim's probes (migration 0005, docs/queue.md), partial so they hold only the queue, not the history:
+# the models queued and one account's oldest PENDING task of one model; the oldest expired lease; what an
+# account runs now (its running limits).
+Index("ix_tasks_pending_route", tasks.c.route_model, tasks.c.account_id, tasks.c.submit_ms,
+      sqlite_where=text(PENDING_ROUTED), postgresql_where=text(PENDING_ROUTED))
+Index("ix_tasks_running_lease", tasks.c.lease_until_ms,
+      sqlite_where=text(RUNNING_LEASED), postgresql_where=text(RUNNING_LEASED))
+Index("ix_tasks_running_route", tasks.c.route_model, tasks.c.account_id,
+      sqlite_where=text(RUNNING_ROUTED), postgresql_where=text(RUNNING_ROUTED))
+
+# The queue's round robin (migration 0005): one row per account that has queued a task, written at its
+# first create; a claim takes the account whose last claim is oldest and stamps it (tasks/store.py).
+queue_accounts = Table(
+    "queue_accounts",
+    metadata,
+    Column("account_id", String(64), primary_key=True),
+    Column("last_claim_ms", BigInteger, nullable=False),  # first: its first create; then: its last claim
+)
 
 # One row per webhook delivery attempt (migration 0004): what was sent where, and how it went.
 webhook_deliveries = Table(

@@ -10,6 +10,10 @@ running tasks finish within the grace period, then raises the pool's hand-back f
 pipeline still running stops at its next progress report or check (ShuttingDown) and its worker
 hands the task back (`release`: PENDING again, the attempt not counted), so another worker takes
 it at once instead of after its lease runs out.
+
+A task running longer than the run cap (`max_run_seconds`) is failed by its keeper (InternalError.Timeout,
+recorded at once, whether or not the pipeline ever reports progress); the pipeline's next check raises
+RunCapReached and the worker discards the partial result and goes on to the next task.
 """
 
 from __future__ import annotations
@@ -24,15 +28,28 @@ import uuid
 from typing import Any
 
 from ..engines import EngineSet
-from ..errors import LeaseLost, ServiceError, ShuttingDown, TaskCanceled, algo_failure, out_of_memory
+from ..errors import (
+    LeaseLost,
+    ServiceError,
+    ShuttingDown,
+    TaskCanceled,
+    algo_failure,
+    out_of_memory,
+    run_timeout,
+)
 from ..generation.pipeline import GenerationPipeline
 from ..generation.request import GenerationRequest
+from ..metrics import TASK_QUEUE_SECONDS, TASK_RUN_SECONDS, StepTimer
 from ..services import Services
 from ..tasks.states import TaskStatus
 from ..tasks.store import Claimed, TaskStore
 from ..tasks.workers import ALL_MODELS, WorkerRegistry
 
 log = logging.getLogger("wanserve.worker")
+
+
+class RunCapReached(Exception):
+    """Raised inside a running task once its keeper has failed it for running past the run cap."""
 
 
 def new_worker_id() -> str:
@@ -46,8 +63,10 @@ class Keeper(threading.Thread):
     REGISTRY_EVERY_S = 2.0
 
     def __init__(self, store: TaskStore, task_id: str, worker_id: str, interval: float,
-                 hand_back: threading.Event | None = None, on_beat: Any = None) -> None:
+                 hand_back: threading.Event | None = None, on_beat: Any = None,
+                 max_run_s: float | None = None) -> None:
         super().__init__(daemon=True, name=f"keeper-{task_id[:8]}")
+        self.max_run_s = max_run_s  # the run cap: past it the keeper fails the task (None: no cap)
         self.store, self.task_id, self.worker_id, self.interval = store, task_id, worker_id, interval
         self.on_beat = on_beat  # called (at most every REGISTRY_EVERY_S) while the task runs
         self._last_registry = 0.0
@@ -56,6 +75,7 @@ class Keeper(threading.Thread):
         self.lost: type[Exception] | None = None
         self.done = threading.Event()
         self.started_at = time.monotonic()
+        self.steps: StepTimer | None = None  # the seconds-per-step metric, fed by progress()
 
     def run(self) -> None:
         if self.on_beat is not None:
@@ -67,6 +87,8 @@ class Keeper(threading.Thread):
                 self._last_registry = time.monotonic()
 
     def beat(self) -> bool:
+        if self.max_run_s is not None and time.monotonic() - self.started_at > self.max_run_s:
+            return self.time_out()
         try:
             if self.store.heartbeat(self.task_id, self.worker_id, self.latest):
                 return True
@@ -74,6 +96,23 @@ class Keeper(threading.Thread):
             log.exception("heartbeat failed for %s", self.task_id)
             return True
         self.lost = TaskCanceled if self.store.status(self.task_id) == TaskStatus.CANCELED else LeaseLost
+        return False
+
+    def time_out(self) -> bool:
+        """Fail the task for running past the run cap, from this thread (the pipeline may never report
+        progress again), and raise the flag that stops it. False once done; True: the database did not
+        answer, try again next beat."""
+        error = run_timeout(self.max_run_s or 0)
+        try:
+            failed = self.store.fail(self.task_id, self.worker_id, error.code, error.message)
+        except Exception:
+            log.exception("could not record the run-cap failure of %s", self.task_id)
+            return True
+        if failed:
+            log.info("task %s: FAILED %s after %g s (the run cap)", self.task_id, error.code, self.max_run_s)
+            self.lost = RunCapReached
+        else:  # canceled or taken over just before
+            self.lost = TaskCanceled if self.store.status(self.task_id) == TaskStatus.CANCELED else LeaseLost
         return False
 
     def check(self) -> None:
@@ -88,6 +127,8 @@ class Keeper(threading.Thread):
 
     def progress(self, done: int, total: int) -> None:
         self.check()
+        if self.steps is not None:
+            self.steps.report(done, total)
         elapsed = time.monotonic() - self.started_at
         eta = elapsed / done * (total - done) if done else None
         self.latest = {"done": done, "total": total, "percent": round(100 * done / max(total, 1), 1),
@@ -98,8 +139,9 @@ class Worker:
     def __init__(self, store: TaskStore, pipeline: GenerationPipeline, *, lease_seconds: float,
                  poll_seconds: float, worker_id: str | None = None,
                  hand_back: threading.Event | None = None, registry: WorkerRegistry | None = None,
-                 models: list[str] | None = None) -> None:
+                 models: list[str] | None = None, max_run_seconds: float | None = None) -> None:
         self.store, self.pipeline, self.poll_seconds = store, pipeline, poll_seconds
+        self.max_run_seconds = max_run_seconds  # the run cap (None: none)
         self.worker_id = worker_id or new_worker_id()
         self.heartbeat_s = min(0.25, lease_seconds / 3)
         self.hand_back = hand_back or threading.Event()  # set: stop the running task and release it
@@ -118,8 +160,10 @@ class Worker:
                     ran = False
                 if not ran:
                     self._beat()
-                    stop.wait(self.poll_seconds)
+                    # PostgreSQL: woken by a create's NOTIFY; the poll stays the fallback (tasks/notify.py)
+                    self.store.wait_for_work(self.poll_seconds, self.models, stop)
         finally:
+            self.store.stop_waiting()
             if self.registry is not None:
                 try:
                     self.registry.deregister(self.worker_id)
@@ -144,7 +188,7 @@ class Worker:
             log.warning("worker %s: registry beat failed", self.worker_id)
 
     def run_once(self) -> bool:
-        claimed = self.store.claim(self.worker_id)
+        claimed = self.store.claim(self.worker_id, self.models)  # only tasks of the models we serve
         if claimed is None:
             return False
         self.run_task(claimed)
@@ -154,23 +198,37 @@ class Worker:
         task_id, attempt = claimed.id, claimed.attempts
         log.info("task %s: attempt %d on %s", task_id, attempt, self.worker_id)
         keeper = Keeper(self.store, task_id, self.worker_id, self.heartbeat_s, self.hand_back,
-                        on_beat=lambda: self._beat(state="busy", task_id=task_id, set_task=True))
+                        on_beat=lambda: self._beat(state="busy", task_id=task_id, set_task=True),
+                        max_run_s=self.max_run_seconds)
+        model = str(claimed.request.get("model", ""))  # the canonical name: bounded metric labels
+        TASK_QUEUE_SECONDS.labels(model).observe(claimed.queued_ms / 1000)
+        keeper.steps = StepTimer(model)
         keeper.start()
+        outcome = "failed"  # the run-time metric's label, set as the attempt ends
         try:
             req = GenerationRequest.model_validate(claimed.request)
             facts = self.pipeline(task_id, claimed.account_id, req, keeper, attempt=attempt)
             keeper.check_ours()
             if self.store.succeed(task_id, self.worker_id, facts):  # publishes this attempt's file
+                outcome = "succeeded"
                 log.info("task %s: SUCCEEDED", task_id)
             else:  # canceled or taken over at the last moment: remove our file, never the new owner's
+                outcome = "lost"
                 self.pipeline.discard(task_id, attempt)
         except TaskCanceled:
+            outcome = "canceled"
             log.info("task %s: canceled while running", task_id)
             self.pipeline.discard(task_id, attempt)
+        except RunCapReached:  # the keeper recorded the failure (InternalError.Timeout)
+            outcome = "failed"
+            log.info("task %s: stopped at the run cap; its partial result is discarded", task_id)
+            self.pipeline.discard(task_id, attempt)
         except LeaseLost:
+            outcome = "lost"
             log.warning("task %s: lease lost; another worker owns it now", task_id)
             self.pipeline.discard(task_id, attempt)
         except ShuttingDown:
+            outcome = "handed_back"
             # discard first: once released, the next claim runs under the same attempt number
             self.pipeline.discard(task_id, attempt)
             if self.store.release(task_id, self.worker_id):
@@ -182,6 +240,7 @@ class Worker:
             self.record_failure(task_id, exc)
         finally:
             keeper.done.set()
+            TASK_RUN_SECONDS.labels(model, outcome).observe(time.monotonic() - keeper.started_at)
             self._beat(state="idle", task_id=None, set_task=True)
 
     def record_failure(self, task_id: str, exc: Exception) -> None:
@@ -233,16 +292,20 @@ class WorkerPool:
                 t.join(min(0.05, max(0.0, deadline - time.monotonic())))
 
 
-def run_workers(services: Services, engines: EngineSet, count: int, stop: threading.Event) -> WorkerPool:
+def run_workers(services: Services, engines: EngineSet, count: int, stop: threading.Event, *,
+                pipeline: Any = None) -> WorkerPool:
     """Start `count` worker threads on one shared pipeline; they stop claiming when `stop` is set, and
-    `shutdown()` on the pool returned stops them within a grace period."""
-    pipeline = services.pipeline(engines)
+    `shutdown()` on the pool returned stops them within a grace period. `pipeline`: instead of
+    services.pipeline(engines), e.g. a multi-GPU worker's rank 0 LeaderPipeline (worker.distributed)."""
+    pipeline = pipeline if pipeline is not None else services.pipeline(engines)
     s = services.settings
+    models = engines.served_models(s.worker_models)  # refused (EngineConfigError) unless configured
     hand_back = threading.Event()
     workers, threads = [], []
     for i in range(count):
         worker = Worker(services.store, pipeline, lease_seconds=s.lease_seconds, poll_seconds=s.poll_seconds,
-                        hand_back=hand_back, registry=services.workers)
+                        hand_back=hand_back, registry=services.workers, models=models,
+                        max_run_seconds=s.max_run_seconds)
         t = threading.Thread(target=worker.run_forever, args=(stop,), daemon=True, name=f"worker-{i}")
         t.start()
         workers.append(worker)

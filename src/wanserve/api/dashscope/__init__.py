@@ -10,7 +10,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from . import files, tasks, uploads
+from . import events, files, tasks, uploads
 from .errors import error_response
 from .schemas import CreateBody
 
@@ -21,6 +21,7 @@ __all__ = ["PREFIXES", "error_response", "include", "openapi_components"]
 
 def include(app: FastAPI) -> None:
     app.include_router(tasks.router, prefix="/api/v1")
+    app.include_router(events.router, prefix="/api/v1")
     app.include_router(uploads.router, prefix="/api/v1")
     app.include_router(files.router)
 

@@ -102,6 +102,9 @@ class TaskOutput(_Open):
     code: str | None = None
     message: str | None = None
     progress: dict[str, Any] | None = Field(None, description="Extension: progress of a RUNNING task")
+    wanserve_pending_reason: str | None = Field(
+        None, description="Extension: why a PENDING task has not started (no live worker serves its model, "
+                          "or its account is at its running limit); absent while it simply waits its turn")
 
 
 class TaskResponse(BaseModel):

@@ -6,6 +6,7 @@ import hashlib
 import json
 import re
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
@@ -14,7 +15,6 @@ from starlette.concurrency import run_in_threadpool
 from ...accounts.keys import Caller
 from ...errors import Code, ServiceError, invalid_parameter
 from ...generation.inline import remove_inline_media, store_inline_media
-from ...storage.base import published_attempt
 from ...tasks.db import now_ms
 from ...tasks.states import TaskStatus
 from ..bodies import read_body
@@ -22,7 +22,8 @@ from ..deps import CallerDep, public_base, request_id
 from ..deps import services as _services
 from .normalize import normalize
 from .schemas import CreateResponse, ListResponse, RequestIdOnly, TaskResponse, errors
-from .views import display_zone, list_item, sdk_job_item, task_body, unknown_output
+from .views import display_zone, list_item, query_body, sdk_job_item, unknown_output
+from .webhooks import CALLBACK_HEADER, CallbackHeader, callback_for
 
 router = APIRouter()
 AsyncHeader = Annotated[str | None, Header(alias="X-DashScope-Async", description="Must be `enable`")]
@@ -45,7 +46,7 @@ BODY_HINT = ("Send media larger than that as files: upload each one (GET /api/v1
              "then POST the file) and send its oss:// URL with the header X-DashScope-OssResourceResolve: "
              "enable, or send an http(s) URL.")
 CREATE_DOC: dict[str, Any] = {
-    "response_model": CreateResponse, "responses": errors(400, 401, 403, 409),
+    "response_model": CreateResponse, "responses": errors(400, 401, 403, 409, 429),
     "openapi_extra": {"requestBody": {"required": True, "content": {
         "application/json": {"schema": {"$ref": "#/components/schemas/CreateBody"}}}}},
 }
@@ -92,13 +93,20 @@ async def _create(request: Request, caller: Caller, endpoint: str) -> dict[str, 
     oss = request.headers.get("x-dashscope-ossresourceresolve", "").strip().lower() == "enable"
     gen = normalize(body, endpoint, oss_resolve=oss)
     key, request_hash = idempotency(request, endpoint, body, oss)
+    callback = await run_in_threadpool(callback_for, request.headers.get(CALLBACK_HEADER), caller,
+                                       services.settings.allow_private_media_urls)  # refused: no task
+    quotas = services.quotas  # [quotas]: refused here (429) before anything is stored
+    if quotas.enabled:
+        await run_in_threadpool(quotas.check, caller.account_id, caller.api_key_id, gen.model)
     # data: URLs become uploads of the caller's account; the row names them (removed if no task is created)
     gen, inline = await run_in_threadpool(store_inline_media, gen, services.uploads, caller.account_id)
     try:
         row = await run_in_threadpool(  # with a key: the task already created under it, if any
-            services.store.create, account_id=caller.account_id, api_key_id=caller.api_key_id,
-            request_id=request_id(request), model=gen.requested_model, endpoint=endpoint,
-            request=gen.model_dump(mode="json"), idempotency_key=key, request_hash=request_hash)
+            quotas.admit, caller.account_id, caller.api_key_id, gen.model, partial(  # checked again, locked
+                services.store.create, account_id=caller.account_id, api_key_id=caller.api_key_id,
+                request_id=request_id(request), model=gen.requested_model, route_model=gen.model,
+                endpoint=endpoint, request=gen.model_dump(mode="json"), idempotency_key=key,
+                request_hash=request_hash, callback_url=callback))
     except BaseException:
         remove_inline_media(services.uploads, inline)
         raise
@@ -109,16 +117,16 @@ async def _create(request: Request, caller: Caller, endpoint: str) -> dict[str, 
 
 @router.post("/services/aigc/video-generation/video-synthesis", **CREATE_DOC)
 async def create_video_generation(request: Request, caller: CallerDep, x_dashscope_async: AsyncHeader = None,
-                                  oss_resolve: OssHeader = None,
-                                  idempotency_key: IdempotencyHeader = None) -> dict[str, Any]:
+                                  oss_resolve: OssHeader = None, idempotency_key: IdempotencyHeader = None,
+                                  callback_url: CallbackHeader = None) -> dict[str, Any]:
     """Create a text-to-video, first-frame or wan2.7 task (asynchronous: poll GET /tasks/{task_id})."""
     return await _create(request, caller, "video-generation")
 
 
 @router.post("/services/aigc/image2video/video-synthesis", **CREATE_DOC)
 async def create_image2video(request: Request, caller: CallerDep, x_dashscope_async: AsyncHeader = None,
-                             oss_resolve: OssHeader = None,
-                             idempotency_key: IdempotencyHeader = None) -> dict[str, Any]:
+                             oss_resolve: OssHeader = None, idempotency_key: IdempotencyHeader = None,
+                             callback_url: CallbackHeader = None) -> dict[str, Any]:
     """Create a first-and-last-frame (kf2v) task."""
     return await _create(request, caller, "image2video")
 
@@ -130,13 +138,7 @@ def get_task(task_id: str, request: Request, caller: CallerDep) -> dict[str, Any
     task = services.store.get(task_id, caller.account_id, alive_only=True)
     if task is None:
         return {"request_id": request_id(request), "output": unknown_output(task_id)}
-    video_url = None
-    if task["status"] == TaskStatus.SUCCEEDED:
-        expires = (task["end_ms"] + services.store.ttl_ms) // 1000  # the URL lives as long as the task
-        attempt = published_attempt(task["result"])  # the attempt whose file succeed() published
-        video_url = services.storage.result_url(task["id"], attempt, public_base(request), expires)
-    body = task_body(task, zone=display_zone(services.settings), video_url=video_url)
-    return {"request_id": request_id(request), **body}
+    return {"request_id": request_id(request), **query_body(task, services, public_base(request))}
 
 
 def _parse_list_time(value: str | None, name: str, request: Request) -> int | None:

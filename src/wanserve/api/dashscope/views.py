@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...catalog.models import find_model
 from ...config import Settings
+from ...storage.base import published_attempt
 from ...tasks.states import TaskStatus
+
+if TYPE_CHECKING:
+    from ...services import Services
 
 
 def display_zone(settings: Settings) -> timezone:
@@ -22,6 +26,30 @@ def format_time(ms: int | None, zone: timezone) -> str | None:
 
 def unknown_output(task_id: str) -> dict[str, Any]:
     return {"task_id": task_id, "task_status": TaskStatus.UNKNOWN}
+
+
+def query_body(task: dict[str, Any], services: Services, base: str) -> dict[str, Any]:
+    """GET /tasks/{id}'s body less its request_id, with the video_url signed on `base`: one function for
+    every reader of a task (the query, its event stream, its webhook), so all of them send the same JSON."""
+    video_url = None
+    if task["status"] == TaskStatus.SUCCEEDED:
+        expires = (task["end_ms"] + services.store.ttl_ms) // 1000  # the URL lives as long as the task
+        attempt = published_attempt(task["result"])  # the attempt whose file succeed() published
+        video_url = services.storage.result_url(task["id"], attempt, base, expires)
+    body = task_body(task, zone=display_zone(services.settings), video_url=video_url)
+    if task["status"] == TaskStatus.PENDING and (reason := pending_reason(task, services)):
+        body["output"]["wanserve_pending_reason"] = reason  # extension (docs/compatibility.md)
+    return body
+
+
+def pending_reason(task: dict[str, Any], services: Services) -> str | None:
+    """Why a PENDING task has not started, when something other than the queue ahead of it holds it: no
+    live worker serves its model, or its account is at a running limit. None: it simply waits its turn."""
+    model = task["request"]["model"]  # the canonical name, as workers register theirs
+    if not services.workers.serving(model):
+        return (f"No live worker serves {model}; start a worker with it configured (wanserve workers lists "
+                "the live ones).")
+    return services.quotas.queued_reason(task["account_id"], model)
 
 
 def task_body(task: dict[str, Any], *, zone: timezone, video_url: str | None) -> dict[str, Any]:

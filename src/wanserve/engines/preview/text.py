@@ -1,9 +1,14 @@
 """Text for the storyboard cards: finding a font, wrapping text (Latin words whole, CJK between
-characters), and drawing a card's text once as a layer that is then composited over each frame."""
+characters), and drawing a card's text once as a layer that is then composited over each frame.
+
+Characters the system font lacks (a Chinese prompt on a machine with only DejaVu) are drawn with the
+bundled CJK subset (assets/NotoSansCJKsc-Subset.otf), never as empty boxes; text the system font covers is
+drawn exactly as before."""
 
 from __future__ import annotations
 
 import functools
+import importlib.resources
 import os
 import re
 import shutil
@@ -26,6 +31,8 @@ _FONT_CANDIDATES = (
     "/usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf",
 )
 _FALLBACK_FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
+# Noto Sans CJK SC cut to GB2312 level 1 and punctuation (scripts/subset_cjk_font.py; SIL OFL 1.1)
+BUNDLED_FONT = str(importlib.resources.files("wanserve") / "assets" / "NotoSansCJKsc-Subset.otf")
 
 
 @functools.lru_cache(maxsize=1)
@@ -51,18 +58,100 @@ def find_font() -> str | None:
 
 @functools.lru_cache(maxsize=32)
 def get_font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    """The font of `find_font()` at `size` px, else Pillow's default font."""
+    """The font of `find_font()` at `size` px, else the bundled CJK font, else Pillow's default font."""
     size = max(6, int(size))
-    path = find_font()
-    if path:
-        try:
-            return ImageFont.truetype(path, size=size)
-        except OSError:
-            pass
+    for path in (find_font(), BUNDLED_FONT):
+        if path:
+            try:
+                return ImageFont.truetype(path, size=size)
+            except OSError:
+                pass
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1
         return ImageFont.load_default()
+
+
+@functools.lru_cache(maxsize=32)
+def _bundled_font(size: int) -> ImageFont.FreeTypeFont | None:
+    try:
+        return ImageFont.truetype(BUNDLED_FONT, size=max(6, int(size)))
+    except OSError:
+        return None
+
+
+def get_fonts(size: int) -> FontChain:
+    """`get_font(size)` with the bundled CJK font behind it for the characters it lacks."""
+    primary = get_font(size)
+    fallback = _bundled_font(size)
+    if fallback is None or getattr(primary, "path", None) == BUNDLED_FONT:
+        return FontChain((primary,))
+    return FontChain((primary, fallback))
+
+
+_MISSING = "\U0010ffff"  # a noncharacter: no font maps it, so it renders as the font's .notdef glyph
+
+
+@functools.lru_cache(maxsize=8192)
+def _glyph(font: ImageFont.FreeTypeFont, ch: str) -> tuple:
+    mask, offset = font.getmask2(ch, mode="L")
+    return mask.size, offset, bytes(mask), font.getlength(ch)
+
+
+def has_glyph(font: ImageFont.FreeTypeFont | ImageFont.ImageFont, ch: str) -> bool:
+    """Whether `font` draws `ch` as itself rather than as its .notdef box (Pillow exposes no cmap, so the
+    two renderings are compared). Fonts that are not FreeType fonts are taken at their word."""
+    if not isinstance(font, ImageFont.FreeTypeFont) or ch.isspace():
+        return True
+    return _glyph(font, ch) != _glyph(font, _MISSING)
+
+
+@dataclass(frozen=True)
+class FontChain:
+    """Fonts tried in order per character: each run of text is drawn with the first font that has glyphs
+    for it (the first font where none has). Duck-types `getlength`, so `wrap_text` measures with it."""
+
+    fonts: tuple[ImageFont.FreeTypeFont | ImageFont.ImageFont, ...]
+
+    @property
+    def primary(self) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+        return self.fonts[0]
+
+    def runs(self, s: str) -> list[tuple[ImageFont.FreeTypeFont | ImageFont.ImageFont, str]]:
+        """`s` cut into (font, text) runs; white space stays in the run it is in."""
+        out: list[tuple[ImageFont.FreeTypeFont | ImageFont.ImageFont, str]] = []
+        for ch in s:
+            if ch.isspace() and out:
+                font = out[-1][0]
+            else:
+                font = next((f for f in self.fonts if has_glyph(f, ch)), self.primary)
+            if out and out[-1][0] is font:
+                out[-1] = (font, out[-1][1] + ch)
+            else:
+                out.append((font, ch))
+        return out
+
+    def getlength(self, s: str) -> float:
+        return sum(font.getlength(part) for font, part in self.runs(s))
+
+    def draw(self, draw: ImageDraw.ImageDraw, xy: tuple[float, float], s: str, fill: tuple,
+             anchor: str = "la") -> None:
+        """`draw.text` with the chain. Text the primary font covers is one plain `draw.text` call (the same
+        pixels as before fallbacks existed); mixed runs share the primary font's baseline."""
+        runs = self.runs(s)
+        if len(runs) <= 1 and (not runs or runs[0][0] is self.primary):
+            draw.text(xy, s, font=self.primary, fill=fill, anchor=anchor)
+            return
+        x, y = xy
+        if anchor[0] == "m":
+            x -= self.getlength(s) / 2
+        elif anchor[0] == "r":
+            x -= self.getlength(s)
+        ascent, descent = self.primary.getmetrics() if hasattr(self.primary, "getmetrics") else (0, 0)
+        y += {"a": ascent, "d": -descent, "m": (ascent - descent) / 2}.get(anchor[1], 0)
+        for font, part in runs:
+            draw.text((x, y), part, font=font, fill=fill, anchor="ls")
+            x += font.getlength(part)
 
 
 _TOKEN = re.compile(r"[A-Za-z0-9\u00C0-\u024F'’_\-]+[.,!?;:%)\]”\"]*|\s+|.", re.DOTALL)
@@ -158,14 +247,14 @@ def draw_card_text(shot: Shot, width: int, height: int) -> Image.Image:
     foot_size = max(6, round(short * 0.036))
     shadow = max(1, round(short / 360))
 
-    def text(xy, s, font, fill, anchor="la"):
-        draw.text((xy[0] + shadow, xy[1] + shadow), s, font=font, fill=(0, 0, 0, 150), anchor=anchor)
-        draw.text(xy, s, font=font, fill=fill, anchor=anchor)
+    def text(xy, s, font: FontChain, fill, anchor="la"):
+        font.draw(draw, (xy[0] + shadow, xy[1] + shadow), s, fill=(0, 0, 0, 150), anchor=anchor)
+        font.draw(draw, xy, s, fill=fill, anchor=anchor)
 
-    head_font = get_font(head_size)
+    head_font = get_fonts(head_size)
     header = f"Shot {shot.number} · {_fmt_seconds(shot.start)}–{_fmt_seconds(shot.end)} s"
     text((margin, margin), header, head_font, (255, 255, 255, 240))
-    foot_font = get_font(foot_size)
+    foot_font = get_fonts(foot_size)
     text((margin, height - margin), FOOTER_TEXT, foot_font, (255, 255, 255, 200), anchor="ld")
 
     # Body: the largest font (down to a floor) at which the wrapped text fits the body box.
@@ -177,7 +266,7 @@ def draw_card_text(shot: Shot, width: int, height: int) -> Image.Image:
     size = max(8, round(short * 0.075))
     floor = max(7, round(short * 0.035))
     while True:
-        font = get_font(size)
+        font = get_fonts(size)
         line_h = round(size * 1.35)
         lines = wrap_text(shot.text, font, box_w)
         if len(lines) * line_h <= box_h or size <= floor:

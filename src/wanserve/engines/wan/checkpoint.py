@@ -20,6 +20,17 @@ import torch
 from ...catalog.models import ModelSpec
 from ..base import EngineConfigError
 from .config import TemplateConfig, WanModelConfig
+from .parallel import enable_context_parallel
+from .speed import (
+    check_fuse_qkv,
+    check_quantize,
+    compile_blocks,
+    fuse_distilled,
+    fuse_qkv,
+    quantize_fp8,
+    tune_vae,
+    warm_up,
+)
 
 log = logging.getLogger("wanserve.engines.wan")
 
@@ -122,6 +133,7 @@ class LoadedCheckpoint:
         self.size_multiple = int(vae.config.scale_factor_spatial) * int(max(patch[1], patch[2]))
         self.temporal_scale = int(vae.config.scale_factor_temporal)
         self.default_native_fps = 24.0 if self.ti2v else 16.0
+        self.parallel = "none"  # context parallelism over a multi-GPU worker's ranks (set by place)
 
     @property
     def any_pipeline(self) -> Any:
@@ -152,10 +164,17 @@ class LoadedCheckpoint:
         self.adapters[key] = name
         return name
 
-    def place(self, attention_backend: str | None, cache: tuple | None) -> None:
-        """Attention backend, cache, then device placement or CPU offload (after the adapters are in)."""
+    def place(self, attention_backend: str | None, cache: tuple | None, parallel: str = "none",
+              where: str = "", speed: WanModelConfig | None = None) -> None:
+        """Fused projections, attention backend, cache, then device placement or CPU offload (after the
+        adapters are in), a multi-GPU worker's context parallelism (parallel.py), then fp8 quantization
+        and regional compilation with its warm-up (`speed`: the speed keys of the model table, speed.py)."""
         transformers = [t for t in (self.components["transformer"], self.components.get("transformer_2"))
                         if t is not None]
+        if speed is not None and speed.fuse_qkv:
+            for t in transformers:
+                check_fuse_qkv(t, where)
+                fuse_qkv(t)
         if attention_backend:
             for t in transformers:
                 t.set_attention_backend(attention_backend)
@@ -165,18 +184,65 @@ class LoadedCheckpoint:
             options = dict(cache)
             kind = options.pop("type")
             config_cls = getattr(diffusers.hooks, {"first_block": "FirstBlockCacheConfig",
-                                                   "taylorseer": "TaylorSeerCacheConfig"}[kind])
+                                                   "taylorseer": "TaylorSeerCacheConfig",
+                                                   "mag": "MagCacheConfig"}[kind])
             for t in transformers:
                 t.enable_cache(config_cls(**options))
         if self.offload == "none":
             for pipe in self.pipelines.values():
                 pipe.to(self.device)
+        elif self.offload == "group":
+            self._group_offload()
         else:
             for pipe in self.pipelines.values():
                 if self.offload == "model":
                     pipe.enable_model_cpu_offload(device=self.device)
                 else:
                     pipe.enable_sequential_cpu_offload(device=self.device)
+        self.parallel = enable_context_parallel(transformers, parallel, offload=self.offload, cache=cache,
+                                                where=where)
+        tune_vae(self.components["vae"], self.device)
+        if speed is not None:
+            self._speed_after_placement(transformers, speed)
+
+    def _group_offload(self) -> None:
+        """offload = "group": the transformer(s) and encoders stay in (pinned) CPU memory and are streamed to
+        the GPU one block at a time on a side CUDA stream, overlapping the next block's copy with this
+        block's compute; the VAE stays on the GPU."""
+        from diffusers.hooks import apply_group_offloading
+
+        for name in ("transformer", "transformer_2", "text_encoder", "image_encoder"):
+            module = self.components.get(name)
+            if module is not None:
+                apply_group_offloading(module, onload_device=self.device, offload_device=torch.device("cpu"),
+                                       offload_type="block_level", num_blocks_per_group=1, use_stream=True)
+        self.components["vae"].to(self.device)
+
+    def _speed_after_placement(self, transformers: list[Any], speed: WanModelConfig) -> None:
+        if speed.quantize == "fp8":
+            started = time.monotonic()
+            layers = sum(quantize_fp8(t) for t in transformers)
+            log.info("wan: %s: fp8 (torchao float8 dynamic) on %d linear layers in %.1f s", speed.model,
+                     layers, time.monotonic() - started)
+        if speed.compile != "none":
+            backend = ""
+            for t in transformers:
+                backend = compile_blocks(t, speed.compile)
+            if self.parallel != "none":  # ranks would have to warm up together: compiled at the first task
+                log.info("wan: %s: regional compile (%s) happens at the first task", speed.model, backend)
+                return
+            cpu = self.device.type == "cpu"
+            frames = speed.max_native_frames or (121 if self.ti2v else 81)
+            spatial = self.size_multiple // 2
+            guided = speed.guidance_scale is None or speed.guidance_scale > 1
+            shape = {"latent_frames": 2 if cpu else (frames - 1) // self.temporal_scale + 1,
+                     "latent_height": 8 if cpu else 480 // spatial // 2 * 2,
+                     "latent_width": 8 if cpu else 832 // spatial // 2 * 2,
+                     "batch": 2 if guided and speed.guidance_batching() else 1}
+            seconds = sum(warm_up(t, self.device, self.dtype, expand_timesteps=self.ti2v, **shape)
+                          for t in transformers)
+            log.info("wan: %s: regional compile (%s backend) of %d transformer(s): warm-up %.1f s at %s",
+                     speed.model, backend, len(transformers), seconds, shape)
 
     # -- per task --------------------------------------------------------------------------------
 
@@ -297,15 +363,22 @@ def load_checkpoint(cfg: WanModelConfig, templates: list[tuple[str, TemplateConf
     if cfg.offload != "none" and device.type != "cuda":
         raise EngineConfigError(f"[models.{cfg.model!r}]: offload = {cfg.offload!r} needs a CUDA device "
                                 f"(device is {device}).")
+    check_quantize(cfg.quantize, device, f"[models.{cfg.model!r}]")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     index = read_model_index(cfg.model, cfg.checkpoint)
     components = load_components(cfg.model, cfg.checkpoint, index, dtype)
     loaded = LoadedCheckpoint(cfg.checkpoint, index, components, device, dtype, cfg.offload)
+    if cfg.distilled is not None:
+        d = cfg.distilled
+        fuse_distilled(loaded.any_pipeline, loaded.two_experts, str(d.lora),
+                       str(d.lora_2) if d.lora_2 else None, d.scale, f"[models.{cfg.model!r}]")
     for model, template in templates:
         loaded.load_template(model, template)
     try:
-        loaded.place(cfg.attention_backend, cfg.cache)
+        loaded.place(cfg.attention_backend, cfg.cache, cfg.parallel, f"[models.{cfg.model!r}]", speed=cfg)
+    except EngineConfigError:
+        raise
     except Exception as exc:
         raise EngineConfigError(f"model {cfg.model!r}: checkpoint {str(cfg.checkpoint)!r}: cannot set up "
                                 f"(device {device}, offload {cfg.offload}, attention_backend "

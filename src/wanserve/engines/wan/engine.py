@@ -6,6 +6,7 @@ decode, out-of-memory as a task failure, and the frames fitted and retimed to th
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import time
@@ -23,6 +24,7 @@ from ...media.frames import fit_image
 from ..base import EngineConfigError, Progress, RenderJob
 from .checkpoint import LoadedCheckpoint, load_checkpoint, memory_report, required_kinds
 from .config import TemplateConfig, WanModelConfig
+from .parallel import is_follower
 from .retime import frames_at, generation_size, native_frame_count
 from .segments import (
     MAX_SEGMENTS,
@@ -32,6 +34,7 @@ from .segments import (
     shot_prompt,
     shot_spans,
 )
+from .speed import GuidanceBatch
 
 log = logging.getLogger("wanserve.engines.wan")
 
@@ -335,9 +338,12 @@ class WanEngine:
                 loaded.use_adapter(plan.adapter, plan.template.scale if plan.template else 1.0)
                 self._apply_flow_shift(pipe)
                 kwargs = self.pipeline_kwargs(plan, pipe._execution_device)
-                latents = pipe(**kwargs, callback_on_step_end=on_step_end).frames
+                with self._guidance_batch(pipe, kwargs):
+                    latents = pipe(**kwargs, callback_on_step_end=on_step_end).frames
                 denoised = time.monotonic()
-                frames = decode_latents(pipe, latents)
+                # another rank of a multi-GPU worker: rank 0 decodes and encodes; these frames are dropped
+                frames = blank_frames(plan) if loaded.parallel != "none" and is_follower() else \
+                    self._decode(pipe, latents)
                 del latents
             except _oom_types():
                 oom = True
@@ -362,6 +368,32 @@ class WanEngine:
                  memory_report(loaded.device))
         return frames
 
+    def _guidance_batch(self, pipe: Any, kwargs: dict[str, Any]) -> Any:
+        """cfg_batch: for this call, GuidanceBatch takes the embeddings the pipeline's encode_prompt returns
+        and runs the pipeline's prompt and negative-prompt forwards of each step as one batch of two.
+        Guidance scale <= 1: the pipeline makes no negative-prompt forward at all."""
+        scale = kwargs.get("guidance_scale", 5.0)  # 5.0: the Wan pipelines' default
+        if scale <= 1 or not self.cfg.guidance_batching():
+            return contextlib.nullcontext()
+        transformers = [t for t in (pipe.transformer, pipe.transformer_2) if t is not None]
+        return GuidanceBatch(transformers, pipe=pipe)
+
+    def _decode(self, pipe: Any, latents: torch.Tensor) -> list[np.ndarray]:
+        """vae_tiling: true always tiles, false never; "auto" (None) decodes whole and tiles only when that
+        runs out of memory."""
+        if self.cfg.vae_tiling is not None:
+            return decode_latents(pipe, latents, tiled=self.cfg.vae_tiling)
+        try:
+            return decode_latents(pipe, latents)
+        except _oom_types():
+            pass
+        except RuntimeError as exc:
+            if not _is_oom_message(exc):
+                raise
+        free_memory(self.loaded.device)  # outside the except block: the failed decode's tensors are gone
+        log.warning("wan: %s: the whole VAE decode ran out of memory; decoding in tiles", self.cfg.model)
+        return decode_latents(pipe, latents, tiled=True)
+
     def _apply_flow_shift(self, pipe: Any) -> None:
         """Per-model flow shift on the shared scheduler (set each task: models may share a checkpoint)."""
         shift = self.cfg.flow_shift
@@ -384,10 +416,17 @@ def _check_flow_shift(cfg: WanModelConfig, loaded: LoadedCheckpoint) -> None:
                                 f"({type(loaded.components['scheduler']).__name__}) has no flow shift.")
 
 
-def decode_latents(pipe: Any, latents: torch.Tensor) -> list[np.ndarray]:
-    """The pipeline's own decode (un-normalise with the VAE's latents mean/std, VAE decode), then
-    straight to uint8 frames on the device, without a float copy of the video in host memory."""
+def decode_latents(pipe: Any, latents: torch.Tensor, tiled: bool = False) -> list[np.ndarray]:
+    """The pipeline's own decode (un-normalise with the VAE's latents mean/std, VAE decode; in spatial tiles
+    if `tiled`), then straight to uint8 frames on the device, without a float copy of the video in host
+    memory."""
     vae = pipe.vae
+    if tiled and not vae.use_tiling:
+        vae.enable_tiling()
+        try:
+            return decode_latents(pipe, latents)
+        finally:
+            vae.disable_tiling()
     z = vae.config.z_dim
     latents = latents.to(pipe._execution_device, vae.dtype)
     mean = torch.tensor(vae.config.latents_mean).view(1, z, 1, 1, 1).to(latents)
@@ -397,6 +436,12 @@ def decode_latents(pipe: Any, latents: torch.Tensor) -> list[np.ndarray]:
         frames = ((video[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     array = frames.permute(1, 2, 3, 0).contiguous().cpu().numpy()  # (F, H, W, 3)
     return list(array)
+
+
+def blank_frames(plan: RenderPlan) -> list[np.ndarray]:
+    """What a follower rank yields instead of decoding: as many frames as the decode gives (the plan's
+    native frames), all black: rank 0 alone decodes, so only its GPU holds the decoder's activations."""
+    return [np.zeros((plan.height, plan.width, 3), np.uint8)] * plan.num_frames
 
 
 def _oom_types() -> tuple[type[BaseException], ...]:
