@@ -32,6 +32,8 @@ from wanserve.config import Settings
 from wanserve.engines import EngineSet
 from wanserve.media.audio import wav_bytes as pcm_wav
 from wanserve.services import Services
+from wanserve.tasks.db import migrate, open_engine
+from wanserve.tasks.store import TaskStore
 from wanserve.worker.runner import run_workers
 
 ASYNC = {"X-DashScope-Async": "enable"}
@@ -275,7 +277,8 @@ PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 
 def _postgres_url() -> Iterator[str]:
-    """A fresh PostgreSQL database on the local server, dropped afterwards."""
+    """A fresh PostgreSQL database on the local server, dropped afterwards (if a test has not dropped it
+    itself)."""
     name = f"wanserve_test_{uuid.uuid4().hex[:8]}"
     admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
     try:
@@ -285,7 +288,7 @@ def _postgres_url() -> Iterator[str]:
         pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN}: {exc}")
     yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
     with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
 
 
@@ -295,6 +298,21 @@ def db_url(request, tmp_path) -> Iterator[str]:
         yield f"sqlite:///{tmp_path / 'tasks.db'}"
     else:
         yield from _postgres_url()
+
+
+@pytest.fixture
+def store(db_url) -> Iterator[TaskStore]:
+    """A migrated task store on each database, with a short lease (0.3 s) and two attempts a task."""
+    engine = open_engine(db_url)
+    migrate(engine)
+    yield TaskStore(engine, lease_seconds=0.3, max_attempts=2)
+    engine.dispose()
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database (the test is skipped where no server answers)."""
+    yield from _postgres_url()
 
 
 def wait_for(predicate, timeout: float = 60, every: float = 0.02):
@@ -329,3 +347,24 @@ def moto_endpoint() -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.stop()
+
+
+S3_PREFIX = "wanserve/"
+
+
+def s3_client(settings: dict[str, Any]) -> Any:
+    """A client of our own, to look into a bucket behind wanserve's back."""
+    import boto3
+
+    return boto3.client("s3", endpoint_url=settings["s3_endpoint_url"], region_name="us-east-1",
+                        aws_access_key_id="testing", aws_secret_access_key="testing")
+
+
+@pytest.fixture
+def s3(moto_endpoint: str) -> dict[str, Any]:
+    """The settings of a fresh, empty bucket on the endpoint."""
+    settings = {"storage": "s3", "s3_bucket": f"wanserve-{uuid.uuid4().hex[:12]}",
+                "s3_endpoint_url": moto_endpoint, "s3_region": "us-east-1", "s3_prefix": S3_PREFIX,
+                "s3_access_key_id": "testing", "s3_secret_access_key": "testing"}
+    s3_client(settings).create_bucket(Bucket=settings["s3_bucket"])
+    return settings

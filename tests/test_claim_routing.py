@@ -8,27 +8,18 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 from alembic import command
 from sqlalchemy import JSON, column, event, insert, table, text
 
-from tests.test_task_store import alembic_config
+from tests.test_task_store import alembic_config, claim_concurrently
 from wanserve.config import QuotaLimits, QuotaSettings
 from wanserve.tasks.db import migrate, now_ms, open_engine
 from wanserve.tasks.schema import queue_accounts, tasks
 from wanserve.tasks.store import TaskStore
 
 T2V, I2V, KF2V = "wan2.6-t2v", "wan2.6-i2v", "wan2.2-kf2v-flash"
-
-
-@pytest.fixture
-def store(db_url) -> Iterator[TaskStore]:
-    engine = open_engine(db_url)
-    migrate(engine)
-    yield TaskStore(engine, lease_seconds=0.3, max_attempts=2)
-    engine.dispose()
 
 
 def limited(store: TaskStore, **quotas) -> TaskStore:
@@ -117,20 +108,7 @@ def test_one_busy_account_does_not_starve_another(store):
     for _ in range(100):
         new_task(store, "busy")
     late = new_task(store, "other")
-    order: list[str] = []
-    lock = threading.Lock()
-
-    def claimer(name: str) -> None:
-        for _ in range(3):
-            claimed = store.claim(name)
-            with lock:
-                order.append(claimed.id)
-
-    threads = [threading.Thread(target=claimer, args=(f"w{i}",)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    order = [c.id for c in claim_concurrently(store, workers=2, each=3)]
     assert late in order[:3], order
 
 
@@ -176,19 +154,7 @@ def test_limits_hold_under_concurrent_claimers(store):
     for account in ("a", "b"):
         for _ in range(10):
             new_task(store, account)
-    claimed: list[str] = []
-    lock = threading.Lock()
-
-    def claimer(name: str) -> None:
-        while (c := store.claim(name)) is not None:
-            with lock:
-                claimed.append(c.account_id)
-
-    threads = [threading.Thread(target=claimer, args=(f"w{i}",)) for i in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    claimed = [c.account_id for c in claim_concurrently(store, workers=6)]
     assert sorted(claimed) == ["a", "a", "b", "b"]
 
 

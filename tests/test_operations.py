@@ -20,7 +20,6 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, text
-from sqlalchemy.exc import OperationalError
 
 from wanserve.api import ops
 from wanserve.engines import EngineSet
@@ -171,30 +170,19 @@ def test_readyz_fails_a_check_that_hangs_without_waiting_for_it(make_server, mon
         release.set()
 
 
-def test_readyz_is_503_naming_the_database_once_it_is_dropped(tmp_path):
-    name = f"wanserve_test_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    try:
+def test_readyz_is_503_naming_the_database_once_it_is_dropped(tmp_path, postgres_url):
+    with running_server(tmp_path, workers=1, database_url=postgres_url) as server:
+        wait_for(lambda: httpx.get(f"{server.base}/readyz").status_code == 200)
+        admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except OperationalError as exc:  # pragma: no cover - CI machines run PostgreSQL locally
-        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN}: {exc}")
-    try:
-        url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-        with running_server(tmp_path, workers=1, database_url=url) as server:
-            wait_for(lambda: httpx.get(f"{server.base}/readyz").status_code == 200)
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-            r = httpx.get(f"{server.base}/readyz")
-            assert r.status_code == 503
-            body = r.json()
-            assert "database" in body["failed"] and "storage" not in body["failed"]
-            assert body["checks"]["database"]["error"]
-            assert value(scrape(server), "wanserve_database_up") == 0  # the scrape still answers
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            conn.execute(text(f'DROP DATABASE "{postgres_url.rsplit("/", 1)[1]}" WITH (FORCE)'))
         admin.dispose()
+        r = httpx.get(f"{server.base}/readyz")
+        assert r.status_code == 503
+        body = r.json()
+        assert "database" in body["failed"] and "storage" not in body["failed"]
+        assert body["checks"]["database"]["error"]
+        assert value(scrape(server), "wanserve_database_up") == 0  # the scrape still answers
 
 
 def test_ops_routes_are_not_in_the_openapi_schema(make_server):

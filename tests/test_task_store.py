@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,20 +20,33 @@ import wanserve.tasks
 from wanserve.tasks.db import migrate, now_ms, open_engine, read
 from wanserve.tasks.schema import TASK_CHECKS, metadata, task_failures, tasks
 from wanserve.tasks.states import TRANSITIONS, TaskStatus, describe
-from wanserve.tasks.store import TaskStore
-
-
-@pytest.fixture
-def store(db_url) -> Iterator[TaskStore]:
-    engine = open_engine(db_url)
-    migrate(engine)
-    yield TaskStore(engine, lease_seconds=0.3, max_attempts=2)
-    engine.dispose()
+from wanserve.tasks.store import Claimed, TaskStore
 
 
 def new_task(store: TaskStore, account: str = "acct") -> str:
     return store.create(account_id=account, api_key_id="k", request_id="r", model="wan2.6-t2v",
                         endpoint="video-generation", request={"n": 1})["id"]
+
+
+def claim_concurrently(store: TaskStore, workers: int, each: int | None = None) -> list[Claimed]:
+    """What `workers` threads claiming from `store` at once took, in the order taken: each thread claims
+    `each` times, or (None) until nothing is left."""
+    claimed: list[Claimed] = []
+    lock = threading.Lock()
+
+    def worker(name: str) -> None:
+        for _ in itertools.count() if each is None else range(each):
+            if (c := store.claim(name)) is None:
+                return
+            with lock:
+                claimed.append(c)
+
+    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return claimed
 
 
 def alembic_config() -> Config:
@@ -141,19 +154,7 @@ def test_concurrent_workers_never_claim_the_same_task(store):
     # a lease long enough that none runs out while the threads claim (these workers never heartbeat)
     store = TaskStore(store.engine, lease_seconds=60, max_attempts=2)
     ids = {new_task(store) for _ in range(20)}
-    claimed: list[str] = []
-    lock = threading.Lock()
-
-    def worker(name: str) -> None:
-        while (c := store.claim(name)) is not None:
-            with lock:
-                claimed.append(c.id)
-
-    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    claimed = [c.id for c in claim_concurrently(store, workers=6)]
     assert sorted(claimed) == sorted(ids)
 
 

@@ -1,9 +1,8 @@
 """wanserve's own signed result links, `<base>/files/results/<name>?Expires=...&Signature=...`, for
 backends that do not hand out their own.
 
-The text signed and the URL form are those `LocalStorage` uses (tests/test_s3_storage.py keeps the two
-equal), so a link's form does not depend on where the file lives and a deployment can move between
-backends without changing what clients see.
+`LocalStorage` and `S3Storage` ("redirect" links) both sign with these, so a link's form does not depend
+on where the file lives and a deployment can move between backends without changing what clients see.
 """
 
 from __future__ import annotations
@@ -11,8 +10,9 @@ from __future__ import annotations
 import time
 
 from ..errors import access_denied
-from .local import RESULTS_ROUTE
 from .signing import Signer
+
+RESULTS_ROUTE = "/files/results"  # the API route that serves a result behind its signed link
 
 
 def _signed_text(name: str, expires: str) -> str:

@@ -14,17 +14,16 @@ import os
 import re
 import shutil
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from ..errors import ServiceError, access_denied, invalid_parameter, not_found
+from ..errors import ServiceError, invalid_parameter, not_found
+from .links import check_result_link, result_link
 from .signing import Signer
 
 _SAFE_SEGMENT = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
-RESULTS_ROUTE = "/files/results"  # the API route that serves open_signed_result
 
 
 class LocalStorage:
@@ -76,22 +75,12 @@ class LocalStorage:
 
     # -- signed result URLs -------------------------------------------------------------
 
-    def _result_signature(self, name: str, expires: str) -> str:
-        return f"results/{name}\n{expires}"
-
     def result_url(self, task_id: str, attempt: int | None, base_url: str, expires_s: int) -> str:
-        name = _result_name(task_id, attempt)
-        signature = self.signer.sign(self._result_signature(name, str(expires_s)))
-        return f"{base_url.rstrip('/')}{RESULTS_ROUTE}/{name}?Expires={expires_s}&Signature={signature}"
+        return result_link(self.signer, base_url, _result_name(task_id, attempt), expires_s)
 
     def open_signed_result(self, name: str, expires: str, signature: str) -> BinaryIO:
         """The file a signed URL grants, or AccessDenied if tampered or expired, NotFound if gone."""
-        if not (expires.isascii() and expires.isdigit()
-                and self.signer.verify(self._result_signature(name, expires), signature)):
-            raise access_denied("The URL signature does not match; use the video_url exactly as the task "
-                                "query returned it.")
-        if int(expires) < time.time():
-            raise access_denied("Request has expired: video URLs are valid for 24 hours after the task ends.")
+        check_result_link(self.signer, name, expires, signature)
         try:
             if not _SAFE_SEGMENT.match(name):
                 raise FileNotFoundError(name)

@@ -36,7 +36,9 @@ class Transition:
 
 _T = TaskStatus
 TRANSITIONS: dict[str, Transition] = {t.event: t for t in (
-    Transition("claim", (_T.PENDING,), _T.RUNNING, "oldest first; the claiming worker takes a lease"),
+    Transition("claim", (_T.PENDING,), _T.RUNNING,
+               "accounts in turn, each one's oldest task of a model the worker serves, within the "
+               "account's running limits (docs/queue.md); the claiming worker takes a lease"),
     Transition("reclaim", (_T.RUNNING,), _T.RUNNING,
                "its lease ran out (the worker stopped responding) and attempts < max_attempts; "
                "the lost attempt goes into the failure history"),
@@ -47,7 +49,7 @@ TRANSITIONS: dict[str, Transition] = {t.event: t for t in (
     Transition("fail", (_T.RUNNING,), _T.FAILED, "by the lease holder, with a code and a message"),
     Transition("release", (_T.RUNNING,), _T.PENDING,
                "by the lease holder, as its process shuts down: lease, worker and progress cleared and the "
-               "attempt not counted (attempts - 1); claimed again, oldest first"),
+               "attempt not counted (attempts - 1); claimed again in its account's turn"),
     Transition("cancel", (_T.PENDING, _T.RUNNING), _T.CANCELED,
                "by the task's account; a running worker notices at its next heartbeat"),
 )}

@@ -39,30 +39,28 @@ def include(app: FastAPI) -> None:
 
     @app.get("/docs", include_in_schema=False)
     def swagger_ui(request: Request) -> HTMLResponse:
-        base = _root(request)
+        schema, vendor = _docs_urls(app, request)
         return get_swagger_ui_html(
-            openapi_url=base + (app.openapi_url or "/openapi.json"), title=f"{app.title} - Swagger UI",
-            swagger_js_url=f"{base}{STATIC_PATH}/vendor/swagger-ui-bundle.js",
-            swagger_css_url=f"{base}{STATIC_PATH}/vendor/swagger-ui.css",
-            swagger_favicon_url=f"{base}{STATIC_PATH}/vendor/swagger-ui-favicon-32x32.png",
-            oauth2_redirect_url=None,
+            openapi_url=schema, title=f"{app.title} - Swagger UI",
+            swagger_js_url=f"{vendor}/swagger-ui-bundle.js", swagger_css_url=f"{vendor}/swagger-ui.css",
+            swagger_favicon_url=f"{vendor}/swagger-ui-favicon-32x32.png", oauth2_redirect_url=None,
             swagger_ui_parameters={"validatorUrl": None},  # the default validator is an external host
         )
 
     @app.get("/redoc", include_in_schema=False)
     def redoc(request: Request) -> HTMLResponse:
-        base = _root(request)
+        schema, vendor = _docs_urls(app, request)
         return get_redoc_html(
-            openapi_url=base + (app.openapi_url or "/openapi.json"), title=f"{app.title} - ReDoc",
-            redoc_js_url=f"{base}{STATIC_PATH}/vendor/redoc.standalone.js",
-            redoc_favicon_url=f"{base}{STATIC_PATH}/vendor/swagger-ui-favicon-32x32.png",
-            with_google_fonts=False,
+            openapi_url=schema, title=f"{app.title} - ReDoc", redoc_js_url=f"{vendor}/redoc.standalone.js",
+            redoc_favicon_url=f"{vendor}/swagger-ui-favicon-32x32.png", with_google_fonts=False,
         )
 
 
-def _root(request: Request) -> str:
-    """The prefix the app is served under (a proxy's root_path), so the pages' links work behind it."""
-    return str(request.scope.get("root_path", "")).rstrip("/")
+def _docs_urls(app: FastAPI, request: Request) -> tuple[str, str]:
+    """The OpenAPI schema's URL and the vendored viewers' folder, under the prefix the app is served at (a
+    proxy's root_path), so the documentation pages work behind it."""
+    root = str(request.scope.get("root_path", "")).rstrip("/")
+    return root + (app.openapi_url or "/openapi.json"), f"{root}{STATIC_PATH}/vendor"
 
 
 def catalog() -> dict[str, Any]:
