@@ -45,8 +45,8 @@ def main() -> None:
                 r = a.post("/services/aigc/video-generation/video-synthesis", headers=ASYNC,
                            json={**BODY, "parameters": {**BODY["parameters"], "seed": i}})
                 a_ids.append(r.json()["output"]["task_id"])
-            while sum(a.get(f"/tasks/{t}").json()["output"]["task_status"] == "RUNNING"
-                      for t in a_ids[:args.workers]) < args.workers:
+            while any(a.get(f"/tasks/{t}").json()["output"]["task_status"] == "PENDING"
+                      for t in a_ids[:args.workers]):  # A's first tasks have started
                 time.sleep(0.02)
             with server.client(key_b) as b:
                 created = time.monotonic()
