@@ -53,6 +53,17 @@ def test_a_create_past_the_rate_is_a_429_rate_quota_with_retry_after_and_leaves_
     assert stored_uploads(server) == 1
 
 
+def test_a_retry_under_an_idempotency_key_gets_its_task_back_even_at_the_limits(make_server):
+    server = make_server(workers=0, quotas={"rate_per_second": 1, "max_queued": 1})
+    first = server.create(T2V, **{"X-Idempotency-Key": "order-7"})
+    assert first.status_code == 200
+    retry = server.create(T2V, **{"X-Idempotency-Key": "order-7"})  # the response was lost: sent again
+    assert retry.status_code == 200, retry.text
+    assert retry.json()["output"]["task_id"] == first.json()["output"]["task_id"]
+    assert server.create(T2V).status_code == 429  # a new task is still refused
+    assert listed(server) == [first.json()["output"]["task_id"]]
+
+
 def test_the_rate_allows_a_burst_of_one_seconds_worth(make_server):
     server = make_server(workers=0, quotas={"rate_per_second": 3})
     assert [server.create(T2V).status_code for _ in range(4)] == [200, 200, 200, 429]

@@ -182,7 +182,7 @@ class TaskStore:
                 _queue(conn, row)
             return row
         row.update(idempotency_key=idempotency_key, request_hash=request_hash)
-        same_key = and_(tasks.c.account_id == account_id, tasks.c.idempotency_key == idempotency_key)
+        same_key = _same_key(account_id, idempotency_key)
         for _ in range(3):  # a winner can only vanish under expire() (it would have to be past its lifetime)
             with write(self.engine) as conn:
                 # A task past its lifetime frees its key, whether or not expire() has deleted it yet.
@@ -201,6 +201,14 @@ class TaskStore:
                     raise idempotent_mismatch(idempotency_key, winner["id"])
                 return dict(winner)
         raise RuntimeError(f"create with idempotency key {idempotency_key!r} kept colliding")
+
+    def has_living_key(self, account_id: str, idempotency_key: str) -> bool:
+        """Whether a living task of the account was created under `idempotency_key`: a create under it
+        answers that task (or a mismatch) and creates nothing, so quotas do not apply to it."""
+        query = (select(tasks.c.id)
+                 .where(_same_key(account_id, idempotency_key), _alive(self.alive_since_ms())).limit(1))
+        with read(self.engine) as conn:
+            return conn.execute(query).first() is not None
 
     def get(self, task_id: str, account_id: str | None = None, *,
             alive_only: bool = False) -> dict[str, Any] | None:
@@ -589,6 +597,10 @@ class TaskStore:
             conn.execute(delete(task_failures).where(task_failures.c.task_id.in_(expired)))
             conn.execute(delete(webhook_deliveries).where(webhook_deliveries.c.task_id.in_(expired)))
             return list(conn.execute(delete(tasks).where(~_alive(since)).returning(tasks.c.id)).scalars())
+
+
+def _same_key(account_id: str, idempotency_key: str):
+    return and_(tasks.c.account_id == account_id, tasks.c.idempotency_key == idempotency_key)
 
 
 def _callback_due(now: int):

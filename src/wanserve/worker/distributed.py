@@ -193,6 +193,9 @@ class LeaderPipeline:
                     facts = self.pipeline(task_id, account_id, req, lctx, attempt=attempt)
                     failed = False
                     return facts
+                except GroupBroken:  # the group is gone: no closing collective (it would wait its timeout)
+                    self._broke()
+                    raise
                 finally:
                     if not self.broken.is_set():
                         self._end(lctx, failed)

@@ -147,6 +147,7 @@ class Worker:
         self.hand_back = hand_back or threading.Event()  # set: stop the running task and release it
         self.registry = registry
         self.models = models or [ALL_MODELS]  # canonical model names this worker serves
+        self._last_beat = 0.0  # when the registry last heard from us (monotonic)
 
     def run_forever(self, stop: threading.Event) -> None:
         log.info("worker %s started", self.worker_id)
@@ -159,7 +160,8 @@ class Worker:
                     log.exception("worker loop error")
                     ran = False
                 if not ran:
-                    self._beat()
+                    if time.monotonic() - self._last_beat >= Keeper.REGISTRY_EVERY_S:  # not every idle poll
+                        self._beat()
                     # PostgreSQL: woken by a create's NOTIFY; the poll stays the fallback (tasks/notify.py)
                     self.store.wait_for_work(self.poll_seconds, self.models, stop)
         finally:
@@ -181,6 +183,7 @@ class Worker:
         """Tell the registry we are alive (re-registering if our row was pruned); never fatal."""
         if self.registry is None:
             return
+        self._last_beat = time.monotonic()
         try:
             if not self.registry.beat(self.worker_id, **state):
                 self.registry.register(self.worker_id, self.models)

@@ -96,17 +96,25 @@ async def _create(request: Request, caller: Caller, endpoint: str) -> dict[str, 
     callback = await run_in_threadpool(callback_for, request.headers.get(CALLBACK_HEADER), caller,
                                        services.settings.allow_private_media_urls)  # refused: no task
     quotas = services.quotas  # [quotas]: refused here (429) before anything is stored
-    if quotas.enabled:
+    # a retry under a living task's idempotency key gets that task (or a mismatch): it creates nothing,
+    # so no quota applies to it
+    limited = quotas.enabled and not (
+        key is not None and await run_in_threadpool(services.store.has_living_key, caller.account_id, key))
+    if limited:
         await run_in_threadpool(quotas.check, caller.account_id, caller.api_key_id, gen.model)
     # data: URLs become uploads of the caller's account; the row names them (removed if no task is created)
     gen, inline = await run_in_threadpool(store_inline_media, gen, services.uploads, caller.account_id)
+    create = partial(  # with a key: the task already created under it, if any
+        services.store.create, account_id=caller.account_id, api_key_id=caller.api_key_id,
+        request_id=request_id(request), model=gen.requested_model, route_model=gen.model,
+        endpoint=endpoint, request=gen.model_dump(mode="json"), idempotency_key=key,
+        request_hash=request_hash, callback_url=callback)
     try:
-        row = await run_in_threadpool(  # with a key: the task already created under it, if any
-            quotas.admit, caller.account_id, caller.api_key_id, gen.model, partial(  # checked again, locked
-                services.store.create, account_id=caller.account_id, api_key_id=caller.api_key_id,
-                request_id=request_id(request), model=gen.requested_model, route_model=gen.model,
-                endpoint=endpoint, request=gen.model_dump(mode="json"), idempotency_key=key,
-                request_hash=request_hash, callback_url=callback))
+        if limited:  # checked again, under the account's lock
+            row = await run_in_threadpool(quotas.admit, caller.account_id, caller.api_key_id, gen.model,
+                                          create)
+        else:
+            row = await run_in_threadpool(create)
     except BaseException:
         remove_inline_media(services.uploads, inline)
         raise
