@@ -381,16 +381,3 @@ def launch_ranks(gpus: Sequence[str | None], argv: Sequence[str], base_env: dict
         return 1
     return 0
 
-
-def worker_argv(argv: Sequence[str]) -> list[str]:
-    """The `worker` arguments each rank gets: the launcher's own, without --gpus."""
-    out: list[str] = []
-    skip = False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a == "--gpus":
-            skip = True
-        elif not a.startswith("--gpus="):
-            out.append(a)
-    return out

@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ...errors import not_found
 from ...services import Services
-from ...tasks.states import TaskStatus
+from ...tasks.states import TERMINAL, TaskStatus
 from ..deps import CallerDep, public_base, request_id
 from ..deps import services as _services
 from .schemas import errors
@@ -33,7 +33,7 @@ router = APIRouter()
 
 POLL_SECONDS = 0.3
 PING_SECONDS = 15.0
-ENDED = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELED, TaskStatus.UNKNOWN})
+ENDED = TERMINAL | {TaskStatus.UNKNOWN}  # UNKNOWN: the task expired while watched
 
 EVENTS_DOC = (
     "Extension: the task's state as Server-Sent Events (`text/event-stream`). Each event is `event: task` "
