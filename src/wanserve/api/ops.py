@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import Engine, text
 
-from ..catalog.models import find_model
+from ..catalog.models import canonical_name
 from ..metrics import StateCollector, registry_for
 from ..services import Services
 from ..tasks.states import TaskStatus
@@ -82,8 +82,7 @@ def state_collector(svc: Services) -> StateCollector:
     def counts() -> dict[tuple[str, str], int]:
         folded: dict[tuple[str, str], int] = {}
         for (model, status), n in svc.store.counts().items():
-            spec = find_model(model)
-            key = (spec.name if spec is not None else model, status)
+            key = (canonical_name(model), status)
             folded[key] = folded.get(key, 0) + n
         return folded
 

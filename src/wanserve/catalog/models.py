@@ -155,6 +155,12 @@ def find_model(name: str) -> ModelSpec | None:
     return _BY_NAME.get(name)
 
 
+def canonical_name(name: str) -> str:
+    """The catalog's own name for `name` (an alias or dated snapshot folded in); unknown names as they are."""
+    spec = _BY_NAME.get(name)
+    return spec.name if spec is not None else name
+
+
 def all_names() -> list[str]:
     return list(_BY_NAME)
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
-from ..catalog.models import ModelSpec, find_model
+from ..catalog.models import ModelSpec, canonical_name, find_model
 from ..metrics import ENGINE_LOAD_SECONDS
 from .base import Engine, EngineConfigError, RenderJob
 from .registry import DEFAULT_ENGINE, LOADERS, default_engine
@@ -94,8 +94,7 @@ class EngineSet:
         return _narrow([] if self.served == [ALL_MODELS] else self.served, only, "worker_models")
 
     def for_model(self, model: str) -> Engine:
-        spec = find_model(model)
-        key = spec.name if spec is not None else model
+        key = canonical_name(model)
         if key in self.by_model:
             return self.by_model[key]
         if self._default is None:

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, Engine, func, select
 
-from ..catalog.models import find_model
+from ..catalog.models import canonical_name, find_model
 from ..config import QuotaLimits, QuotaSettings
 from ..errors import allocation_quota, rate_quota
 from .db import now_ms, read
@@ -153,7 +153,6 @@ class CreateQuotas:
 def model_limits(settings: QuotaSettings, model: str) -> QuotaLimits | None:
     """The `[quotas.models."..."]` table of `model` (canonical), written under its name or an alias."""
     for name, limits in settings.models.items():
-        spec = find_model(name)
-        if (spec.name if spec is not None else name) == model:
+        if canonical_name(name) == model:
             return limits
     return None

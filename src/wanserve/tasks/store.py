@@ -53,7 +53,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
-from ..catalog.models import find_model
+from ..catalog.models import canonical_name
 from ..config import QuotaSettings
 from ..errors import Code, idempotent_mismatch
 from .db import now_ms, read, write
@@ -111,16 +111,11 @@ def _served(models: Collection[str] | None) -> tuple[str, ...] | None:
     return tuple(sorted(set(models)))
 
 
-def _canonical(model: str) -> str:
-    spec = find_model(model)
-    return spec.name if spec else model
-
-
 def _model_limits(quotas: QuotaSettings | None) -> dict[str, int]:
     """{canonical model: max_running per account} of `[quotas.models."..."]` (0 there: no limit)."""
     if quotas is None:
         return {}
-    return {_canonical(name): q.max_running for name, q in quotas.models.items() if q.max_running}
+    return {canonical_name(name): q.max_running for name, q in quotas.models.items() if q.max_running}
 
 
 def _queue(conn: Connection, row: dict[str, Any]) -> None:
