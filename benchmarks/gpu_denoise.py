@@ -172,10 +172,18 @@ def random_module(factory, device, dtype, keep_fp32: tuple[str, ...] = ()):
     with init_empty_weights():
         module = factory()
     buffers = {name: buf.clone() for name, buf in module.named_buffers() if buf.device.type != "meta"}
+    # cast while still on the meta device: a 14B transformer is materialised once, in bf16 (28 GB), not
+    # in float32 first (56 GB)
+    module = module.to(dtype)
+    for name, sub in module.named_modules():  # as from_pretrained(torch_dtype=...) keeps them
+        if any(k in name.split(".") for k in keep_fp32):
+            sub.float()
     module = module.to_empty(device=device)
     for name, buf in buffers.items():
         owner, _, attr = name.rpartition(".")
-        (module.get_submodule(owner) if owner else module)._buffers[attr] = buf.to(device)
+        # as from_pretrained(torch_dtype=...) casts them (rotary tables included)
+        buf = buf.to(device, dtype) if buf.is_floating_point() else buf.to(device)
+        (module.get_submodule(owner) if owner else module)._buffers[attr] = buf
     gen = torch.Generator(device=device).manual_seed(0)
     with torch.no_grad():
         for name, p in module.named_parameters():
@@ -187,18 +195,20 @@ def random_module(factory, device, dtype, keep_fp32: tuple[str, ...] = ()):
                 p.normal_(0.0, 0.02, generator=gen)
             else:
                 p.fill_(1.0)
-    module = module.to(dtype)
-    for name, sub in module.named_modules():  # as from_pretrained(torch_dtype=...) keeps them
-        if any(k in name.split(".") for k in keep_fp32):
-            sub.float()
     return module.eval().requires_grad_(False)
 
 
-def build_components(case: ModelCase, device, dtype, tiny: bool, text_layers: int) -> dict[str, Any]:
+def build_components(case: ModelCase, device, dtype, tiny: bool, text_layers: int,
+                     only: str | None = None) -> dict[str, Any]:
+    """Random-weight components of `case` on `device`; `only="transformer"`: just a fresh transformer."""
     import torch
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
+    keep = tuple(WanTransformer3DModel._keep_in_fp32_modules)
+    if only == "transformer":
+        return {"transformer": random_module(lambda: WanTransformer3DModel(**case.transformer), device, dtype,
+                                              keep)}
     tokenizer = train_tokenizer()
     if tiny:
         t5 = UMT5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4,
@@ -207,7 +217,6 @@ def build_components(case: ModelCase, device, dtype, tiny: bool, text_layers: in
         t5 = UMT5Config(vocab_size=len(tokenizer), d_model=4096, d_kv=64, d_ff=10240, num_layers=text_layers,
                         num_heads=64, relative_attention_num_buckets=32, relative_attention_max_distance=128,
                         dropout_rate=0.0, feed_forward_proj="gated-gelu")
-    keep = tuple(WanTransformer3DModel._keep_in_fp32_modules)
     image: dict[str, Any] = {}
     if case.image_encoder is not None:
         from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
