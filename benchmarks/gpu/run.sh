@@ -23,7 +23,8 @@ python3 - <<'PY'
 import importlib, platform, torch
 print("python", platform.python_version(), "| torch", torch.__version__, "| cuda", torch.version.cuda,
       "| cudnn", torch.backends.cudnn.version())
-for name in ("diffusers", "transformers", "accelerate", "torchao", "av", "fastapi", "sqlalchemy", "numpy", "cv2"):
+for name in ("diffusers", "transformers", "accelerate", "peft", "torchao", "av", "fastapi", "pydantic",
+             "typing_extensions", "anyio", "sqlalchemy", "numpy", "cv2"):
     try:
         print(f"  {name} {importlib.import_module(name).__version__}")
     except Exception as exc:
