@@ -15,6 +15,8 @@ if compgen -G ".whl/*.whl" >/dev/null; then
   export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+# everything is built here from random weights: nothing may wait on a model hub
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
 # inductor's compile workers and caches stay on the machine's local disk
 export TORCHINDUCTOR_CACHE_DIR=/tmp/inductor-cache
 echo "wheels installed in $(( $(date +%s) - started )) s"

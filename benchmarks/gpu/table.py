@@ -1,8 +1,14 @@
 """The suite's closing table (only the end of the output comes back from a GPU machine): the ceilings,
-a line per speed case, the wanserve/stock ratios, and every check that did not pass."""
+a line per speed case, the wanserve/stock ratios, and every check that did not pass.
+
+    python benchmarks/gpu/table.py results.jsonl [more.jsonl ...]   # the speed rows as a Markdown table
+"""
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
 from typing import Any
 
 from common import Context
@@ -46,3 +52,24 @@ def print_table(ctx: Context) -> None:
                                                             if k not in ("stage", "case", "status", "t_s")}
             print(f"  {r['status'].upper():<7} {r['stage']}/{r['case']}: {str(detail)[:300]}")
     print("=" * 110, flush=True)
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """The speed rows of results files as the Markdown table docs/wan-engine.md shows."""
+    out = ["| model | size | path | s/step | TFLOP/s | MFU (matmul) | MFU (datasheet) | e2e 40 steps s | "
+           "e2e 50 steps s | peak GiB | set-up s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["stage"] != "speed" or r["status"] != "ok" or "step_s" not in r:
+            continue
+        e40 = _f(r.get("e2e_40_s"), ".1f") if "e2e_4_s" not in r else f"{r['e2e_4_s']:.1f} (4 steps)"
+        cells = [r["model"], r["size"], r["path"], f"{r['step_s']:.3f}", _f(r.get("tflops"), ".0f"),
+                 _f(r.get("mfu_matmul"), ".1%"), _f(r.get("mfu_datasheet"), ".1%"), e40,
+                 _f(r.get("e2e_50_s"), ".1f"), _f(r.get("peak_gib"), ".1f"), _f(r.get("setup_s"), ".1f")]
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    lines = [json.loads(line) for f in sys.argv[1:] for line in Path(f).read_text().splitlines()
+             if line.strip()]
+    print(markdown(lines))
