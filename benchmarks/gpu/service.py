@@ -136,7 +136,7 @@ def start_server(ctx: Context, root: Path, paths: dict[str, Path], log: Path) ->
                                  str(port), "--data-dir", str(root / "data")], env=env, stdout=out,
                                 stderr=subprocess.STDOUT)
     api = f"http://127.0.0.1:{port}/api/v1"
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + _wait_s(ctx, 240)
     while True:
         try:
             httpx.get(f"{api}/tasks", headers=headers(), timeout=5)
@@ -146,6 +146,11 @@ def start_server(ctx: Context, root: Path, paths: dict[str, Path], log: Path) ->
                 raise RuntimeError(f"the server did not start (exit {proc.poll()}): "
                                    f"{log.read_text(errors='replace')[-1500:]}") from None
             time.sleep(0.25)
+
+
+def _wait_s(ctx: Context, most: float) -> float:
+    """How long to wait for the server: never past the suite's budget (30 s of slack), never over `most`."""
+    return max(30.0, min(most, ctx.left() + 30.0))
 
 
 def headers(**extra: str) -> dict[str, str]:
@@ -189,15 +194,15 @@ def succeed(ctx: Context, api: str, case: str, body: dict[str, Any]) -> None:
     import av
     import httpx
 
-    started = time.monotonic()
+    started, limit = time.monotonic(), _wait_s(ctx, 600)
     task_id = create(api, body)
     seen: list[int] = []
     while (out := get(api, task_id))["task_status"] in ("PENDING", "RUNNING"):
         done = (out.get("progress") or {}).get("done")
         if done is not None and (not seen or seen[-1] != done):
             seen.append(done)
-        if time.monotonic() - started > 600:
-            raise RuntimeError(f"task {task_id} still {out['task_status']} after 600 s")
+        if time.monotonic() - started > limit:
+            raise RuntimeError(f"task {task_id} still {out['task_status']} after {limit:.0f} s")
         time.sleep(0.1)
     wall = time.monotonic() - started
     if out["task_status"] != "SUCCEEDED":
@@ -208,7 +213,9 @@ def succeed(ctx: Context, api: str, case: str, body: dict[str, Any]) -> None:
         size = (stream.codec_context.width, stream.codec_context.height)
         frames = sum(1 for _ in container.decode(video=0))
     rising = all(b > a for a, b in zip(seen, seen[1:], strict=False))
-    check(ctx, STAGE, case, frames == 150 and size == (832, 480) and rising and len(seen) >= 2,
+    # on the CPU the tiny steps may all end between two polls: one value seen is enough there
+    enough = len(seen) >= (2 if ctx.device.type == "cuda" else 1)
+    check(ctx, STAGE, case, frames == 150 and size == (832, 480) and rising and enough,
           frames=frames, size=list(size), progress_seen=seen[:40], rising=rising, seconds=round(wall, 1),
           mp4_bytes=len(data))
 
@@ -218,7 +225,7 @@ def cancel_running(ctx: Context, api: str) -> None:
     import httpx
 
     task_id = create(api, t2v_body(SLOW_T2V))
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + _wait_s(ctx, 300)
     while True:
         out = get(api, task_id)
         if out["task_status"] == "RUNNING" and (out.get("progress") or {}).get("done", 0) >= 1:
