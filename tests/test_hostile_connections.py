@@ -224,6 +224,56 @@ def test_an_aborted_upload_logs_one_info_line_and_no_traceback(make_server, capl
                                    "the request body was complete")
 
 
+def test_every_accepted_connection_has_tcp_nodelay(tmp_path):
+    """`wanserve serve` listens on a socket made with protocol 0 (cli._bind), and asyncio sets TCP_NODELAY
+    only on connections of a socket made with IPPROTO_TCP: Nagle held each kept-alive response's second
+    write until the client's delayed ACK, ~40 ms a response."""
+    import gc
+    import threading
+
+    from wanserve.api.server import _GuardedH11, build_server
+    from wanserve.config import Settings
+
+    async def app(scope, receive, send):  # two writes per response, as every real route makes
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+    def response(sock: socket.socket) -> bytes:
+        got = b""
+        while not got.endswith(b"\r\n\r\nok"):
+            got += sock.recv(65536)
+        return got
+
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # protocol 0, as cli._bind makes it
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    server = build_server(app, Settings(data_dir=tmp_path, host="127.0.0.1",
+                                        port=listener.getsockname()[1]), log_level="critical")
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.01)
+        request = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        with socket.create_connection(listener.getsockname(), timeout=5) as sock:
+            assert response(sock.sendall(request) or sock).startswith(b"HTTP/1.1 200")
+            ours = [p for p in gc.get_objects() if isinstance(p, _GuardedH11) and p.transport is not None
+                    and p.transport.get_extra_info("peername") == sock.getsockname()]
+            assert len(ours) == 1
+            accepted = ours[0].transport.get_extra_info("socket")
+            assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+            start = time.monotonic()  # kept alive, a response no longer waits for the delayed ACK
+            for _ in range(10):
+                sock.sendall(request)
+                response(sock)
+            assert (time.monotonic() - start) / 10 < 0.03
+    finally:
+        server.should_exit = True
+        thread.join(5)
+        listener.close()
+
+
 def test_repeated_log_lines_are_rate_limited_and_the_drop_is_reported():
     now = [0.0]
     limit = RateLimitFilter(burst=3, interval=10, clock=lambda: now[0])

@@ -24,6 +24,7 @@ from sqlalchemy import create_engine, text
 from wanserve.api import ops
 from wanserve.engines import EngineSet
 from wanserve.worker.runner import run_workers
+from wanserve.worker.supervise import ThreadGuard
 
 from .conftest import PG_ADMIN, Server, free_port, running_server, wait_for, wait_until_serving
 
@@ -146,12 +147,81 @@ def test_readyz_is_503_when_no_worker_is_live(make_server):
 
 
 def test_readyz_is_503_naming_storage_when_its_folder_is_gone(make_server):
-    server = make_server(workers=1)
+    server = make_server(workers=1, readyz_details=True)  # the reason in the body
     wait_for(lambda: httpx.get(f"{server.base}/readyz").status_code == 200)
     (server.services.settings.data_dir / "partial").rmdir()
     body = httpx.get(f"{server.base}/readyz").json()
     assert body["failed"] == ["storage"]
     assert "partial" in body["checks"]["storage"]["error"]
+
+
+def test_readyz_names_a_failed_check_but_not_its_endpoint_or_bucket_without_details(make_server, caplog):
+    secret = "Could not connect to the endpoint URL: http://minio.internal:9000/secret-bucket"
+
+    def ping() -> None:
+        raise ConnectionError(secret)
+
+    for details in (False, True):
+        server = make_server(workers=1, readyz_details=details)
+        wait_for(lambda s=server: httpx.get(f"{s.base}/readyz").status_code == 200)
+        server.services.storage.ping = ping  # an S3 endpoint that does not answer
+        with caplog.at_level(logging.WARNING, logger="wanserve.api"):
+            r = httpx.get(f"{server.base}/readyz")
+        assert r.status_code == 503 and r.json()["failed"] == ["storage"]
+        if details:
+            assert secret in r.json()["checks"]["storage"]["error"]
+        else:
+            assert "minio" not in r.text and "secret-bucket" not in r.text
+            assert r.json()["checks"]["storage"] == {
+                "ok": False,
+                "error": "ConnectionError (the reason is in the server log; readyz_details = true shows it "
+                         "here)"}
+        assert secret in caplog.text  # the operator still learns why
+
+
+def test_a_worker_thread_that_dies_fails_readyz_until_it_is_restarted(make_server, monkeypatch):
+    monkeypatch.setattr(ThreadGuard, "RESTART_DELAY_S", 1.5)
+    server = make_server(workers=1)
+    wait_for(lambda: httpx.get(f"{server.base}/readyz").status_code == 200)
+    store, broken = server.services.store, threading.Event()
+    wait_for_work = store.wait_for_work
+
+    def wait_or_die(*args: Any, **kwargs: Any) -> Any:
+        if broken.is_set():  # as `poll_seconds = inf` once did: outside the loop's guard
+            raise OverflowError("timeout value is too large")
+        return wait_for_work(*args, **kwargs)
+
+    monkeypatch.setattr(store, "wait_for_work", wait_or_die)
+    broken.set()
+    wait_for(lambda: httpx.get(f"{server.base}/readyz").status_code == 503, timeout=10, every=0.05)
+    body = httpx.get(f"{server.base}/readyz").json()
+    broken.clear()
+    assert body["failed"] == ["workers"]
+    assert body["checks"]["workers"]["error"] == "worker thread worker-0 stopped; restarting it"
+    wait_for(lambda: httpx.get(f"{server.base}/readyz").status_code == 200, timeout=10)
+    task = server.create(T2V).json()["output"]["task_id"]
+    assert server.wait(task)["output"]["task_status"] == "SUCCEEDED"  # the restarted thread runs work
+
+
+def test_worker_threads_that_keep_dying_stop_the_pool_and_fail_readyz(make_server, monkeypatch):
+    monkeypatch.setattr(ThreadGuard, "RESTART_DELAY_S", 0.05)
+    server = make_server(workers=0, readyz_details=True)
+
+    def die(*args: Any, **kwargs: Any) -> None:
+        raise OverflowError("timeout value is too large")
+
+    monkeypatch.setattr(server.services.store, "wait_for_work", die)
+    stop, fatal = threading.Event(), []
+    pool = run_workers(server.services, EngineSet(), 2, stop, on_fatal=fatal.append)
+    wait_for(lambda: fatal, timeout=10)
+    assert pool.failed and stop.is_set()  # the other worker stops claiming; `serve` exits 1
+    assert fatal[0].startswith(f"worker threads stopped {ThreadGuard.MAX_RESTARTS + 1} times in 600 s, the "
+                               "last worker-")
+    assert fatal[0].endswith("OverflowError: timeout value is too large")
+    pool.shutdown(1)
+    body = httpx.get(f"{server.base}/readyz").json()
+    assert body["failed"] == ["workers"]
+    assert body["checks"]["workers"]["error"] == f"{fatal[0]}; the process is stopping"
 
 
 def test_readyz_fails_a_check_that_hangs_without_waiting_for_it(make_server, monkeypatch):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import http.server
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -286,3 +288,83 @@ def test_serve_delivers_webhooks_and_ends_open_event_streams_when_stopped(tmp_pa
         if proc.poll() is None:
             proc.kill()
         proc.communicate(timeout=20)
+
+
+@dataclass
+class DeadReceiver:
+    """A loopback receiver that accepts each connection and never answers (until the sender hangs up)."""
+
+    url: str
+    accepted: int = 0
+    open: int = 0
+    most_open: int = 0
+
+
+@pytest.fixture
+def dead_receiver() -> Iterator[DeadReceiver]:
+    listener = socket.create_server(("127.0.0.1", 0))
+    state = DeadReceiver(f"http://127.0.0.1:{listener.getsockname()[1]}/hook")
+    lock = threading.Lock()
+    conns: list[socket.socket] = []
+
+    def hold(conn: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while conn.recv(65536):  # read the request, answer nothing; ends when the sender gives up
+                pass
+        with lock:
+            state.open -= 1
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = listener.accept()
+                with lock:
+                    conns.append(conn)
+                    state.accepted += 1
+                    state.open += 1
+                    state.most_open = max(state.most_open, state.open)
+                threading.Thread(target=hold, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield state
+    listener.close()
+    for conn in conns:
+        conn.close()
+
+
+@pytest.mark.parametrize("parallel", [2, 8])
+def test_an_account_whose_receiver_hangs_delays_another_accounts_webhook_by_one_timeout_at_most(
+        tmp_path: Path, db_url: str, receiver, dead_receiver, parallel: int):
+    """Account A's 40 ended tasks point at a receiver that accepts and hangs; account B's one task, ended
+    while A's attempts hang, is delivered within one attempt timeout (plus slack): A holds at most its
+    per-account slots, and when A holds them all (parallel 2) B gets the first one that frees up."""
+    timeout_s, per_account = 1.0, 2
+    services = Services.open(Settings(
+        data_dir=tmp_path, database_url=db_url, allow_private_media_urls=True,
+        webhook_timeout_seconds=timeout_s, webhook_max_in_flight=parallel,
+        webhook_max_in_flight_per_account=per_account))
+    stop = threading.Event()
+    deliverer = Deliverer(services, poll_seconds=0.05)
+    thread = threading.Thread(target=deliverer.run, args=(stop,), daemon=True)
+    try:
+        hung = [ended_task(services, dead_receiver.url, "a") for _ in range(40)]
+        thread.start()
+        wait_for(lambda: dead_receiver.open >= per_account, timeout=10)  # A's attempts are hanging
+        time.sleep(0.2)
+        ended = time.monotonic()
+        tid = ended_task(services, receiver.url, "b")
+        wait_for(lambda: receiver.received, timeout=60)
+        waited = time.monotonic() - ended
+        assert waited < timeout_s + 1.0, f"B's webhook waited {waited:.1f} s behind A's dead receiver"
+        assert receiver.received[0].headers["X-Wanserve-Task-Id"] == tid
+        assert dead_receiver.most_open <= per_account  # A never held more than its share
+        queue = WebhookQueue(services.db)
+        row = wait_for(lambda: [r for tid in hung for r in queue.deliveries(tid)
+                                if r["error"] != "in flight"])[0]
+        assert row["ok"] == 0 and "webhook_timeout_seconds" in row["error"]
+        assert row["duration_ms"] < (timeout_s + 1.0) * 1000  # one deadline for the whole attempt
+    finally:
+        stop.set()
+        thread.join(10)
+        services.close()
+

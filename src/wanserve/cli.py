@@ -129,7 +129,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
             services.close()
         return 0
     stop = signals.stop
-    pool = run_workers(services, engines, settings.workers, stop)
+
+    def workers_failed(why: str) -> None:  # worker threads kept dying: accept no more work, exit 1
+        print(f"wanserve: stopping: {why}", file=sys.stderr, flush=True)
+        server.should_exit = True
+
+    pool = run_workers(services, engines, settings.workers, stop, on_fatal=workers_failed)
     signals.on_repeat(pool.hurry)
     threading.Thread(target=services.run_sweeper, args=(stop,), daemon=True, name="sweeper").start()
     from .api.dashscope.webhooks import run_deliverer  # ended tasks' webhooks (docs/webhooks.md)
@@ -154,7 +159,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # running tasks finish within the grace period, the rest are handed back (attempt not counted)
         pool.shutdown(settings.shutdown_grace_seconds)
         services.close()
-    return 0
+    return 1 if pool.failed else 0
 
 
 def _rank_argv(args: argparse.Namespace) -> list[str]:
@@ -258,12 +263,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     signals.on_repeat(pool.hurry)
     print(f"wanserve: {settings.workers} worker(s) on {settings.db_url}, serving "
           f"{', '.join(engines.served_models())}", flush=True)
-    while not signals.stop.wait(0.5):
+    while not signals.stop.wait(0.5):  # also set when the worker threads kept dying (pool.failed)
         pass
     # running tasks finish within the grace period, the rest are handed back (attempt not counted)
     pool.shutdown(settings.shutdown_grace_seconds)
     services.close()
-    return 0
+    return 1 if pool.failed else 0
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
@@ -379,7 +384,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from .services import Services
     swept = Services.open(_settings(args)).sweep()
     print(f"removed {swept.tasks} expired tasks, {swept.uploads} expired uploads and {swept.orphans} "
-          "orphaned files")
+          "orphaned or partial files")
     return 0
 
 
@@ -612,7 +617,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="print the model catalog")
     p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser("sweep", help="remove expired tasks, videos and uploads now")
+    p = sub.add_parser(
+        "sweep", help="remove expired tasks, videos and uploads now, and orphaned or partial files",
+        description="One sweep, as the API's sweeper runs every sweep_seconds: tasks and their videos 24 h "
+                    "after they end, uploads after 48 h, result files no task refers to (no task row, or an "
+                    "ended task's unpublished attempts), temp files in THIS data dir's partial/ of tasks "
+                    "not RUNNING, with S3 the bucket's unfinished multipart uploads of such tasks, and "
+                    "worker rows not heard from for an hour. A worker with its own data dir sweeps that "
+                    "folder's temp files itself, at start and every sweep_seconds.")
     _common(p)
     p.set_defaults(func=cmd_sweep)
 

@@ -6,7 +6,9 @@ every model. `database_url = "postgresql+psycopg://..."` moves the task store to
 
 This module is the only reader of the environment. Values are checked when they are loaded: in the TOML file
 strictly (`lease_seconds = "30"` is a string, not a number), in the environment as strings that are parsed
-(WANSERVE_WORKERS=2, WANSERVE_ALLOW_PRIVATE_MEDIA_URLS=1/true/yes/on or 0/false/no/off). Every problem raises
+(WANSERVE_WORKERS=2, WANSERVE_ALLOW_PRIVATE_MEDIA_URLS=1/true/yes/on or 0/false/no/off); then numbers must be
+finite and in range, URLs of their scheme, the database supported (config_checks.py, docs/settings.md), and
+storage = "s3" needs s3_bucket. Every problem raises
 `SettingsError`, whose message is one line: `<where>: <key>: <what is wrong and what to write instead>`,
 e.g. `wanserve.toml: workers: ...` or `environment WANSERVE_WORKERS: ...`.
 """
@@ -14,11 +16,11 @@ e.g. `wanserve.toml: workers: ...` or `environment WANSERVE_WORKERS: ...`.
 from __future__ import annotations
 
 import difflib
-import json
 import os
 import re
 import secrets
 import tomllib
+from contextvars import ContextVar
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -36,48 +38,21 @@ from pydantic import (
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as _SourceError
 
+from . import config_checks as checks
+from .config_checks import LOG_LEVELS, DistributedEnv, QuotaLimits, QuotaSettings, bad_numbers, field_at
+
+__all__ = ["LOG_LEVELS", "DistributedEnv", "QuotaLimits", "QuotaSettings"]  # defined in config_checks.py
+_as_path, _comma_list, _hosts, _log_level, _names = (checks.as_path, checks.comma_list, checks.host_list,
+                                                     checks.log_level, checks.names)
+_toml, _plain, _shown, _one_line = checks.toml_text, checks.plain, checks.shown, checks.one_line
+
 ENV_PREFIX = "WANSERVE_"
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_TEN_YEARS = 3650 * 86400
+_WHERE: ContextVar[str] = ContextVar("settings_source", default="Settings()")  # named in cross-checks
 
 
 class SettingsError(ValueError):
     """A settings problem, as one line: `<where>: <key>: <what is wrong and what to write instead>`."""
-
-
-def _log_level(value: str) -> str:
-    level = value.strip().upper()
-    if level not in LOG_LEVELS:
-        raise ValueError(f"unknown log level {value!r}; use one of {', '.join(LOG_LEVELS)}")
-    return level
-
-
-_HOST = re.compile(r"(\[[0-9a-f:.]+\]|[a-z0-9]([a-z0-9.-]*[a-z0-9])?)(:[0-9]{1,5})?")
-
-
-def _comma_list(value: Any) -> Any:
-    """A list given as one string (the environment): comma-separated items."""
-    return [item for item in value.split(",") if item.strip()] if isinstance(value, str) else value
-
-
-def _names(value: list[str]) -> list[str]:
-    """Names from a list, stripped, empty ones left out (`a, b,` is ["a", "b"])."""
-    return [item.strip() for item in value if item.strip()]
-
-
-def _hosts(value: list[str]) -> list[str]:
-    hosts = [item.strip().lower() for item in value]
-    for host in hosts:
-        match = _HOST.fullmatch(host)
-        if not match or (match.group(3) and int(match.group(3)[1:]) > 65535):
-            raise ValueError(f"{host!r} is not a host name or host:port; list names as a Host header has "
-                             'them, e.g. "api.example.com", "10.0.0.5:8000" or "[::1]:8000" (no scheme, '
-                             "no path)")
-    return hosts
-
-
-def _as_path(value: Any) -> Any:
-    """A path written as a string (TOML, JSON), checked strictly otherwise."""
-    return Path(value) if isinstance(value, str) else value
 
 
 class PromptExtendSettings(BaseModel):
@@ -86,19 +61,20 @@ class PromptExtendSettings(BaseModel):
     environment variable named by `api_key_env`); "transformers": a local causal LM directory `model_path`
     (and optionally a vision-language model `vision_model_path` for image-driven tasks)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     backend: Literal["openai", "transformers"] = "openai"
-    base_url: str = ""  # e.g. "http://127.0.0.1:8001/v1"; requests go to {base_url}/chat/completions
+    # e.g. "http://127.0.0.1:8001/v1"; requests go to {base_url}/chat/completions
+    base_url: Annotated[str, AfterValidator(checks.http_url)] = ""
     model: str = ""  # the chat model's name sent to the server
     api_key_env: str = ""  # the name of the environment variable holding the server's key; empty: no key
-    timeout_seconds: float = Field(30.0, gt=0)
-    temperature: float = Field(0.2, ge=0)
+    timeout_seconds: float = Field(30.0, gt=0, le=3600)
+    temperature: float = Field(0.2, ge=0, le=2)
     send_images: bool = False  # openai: the model reads images; i2v/kf2v tasks send their first frame
     # transformers: a local directory (loaded with local_files_only), written as a string
     model_path: Annotated[Path | None, BeforeValidator(_as_path)] = None
     vision_model_path: Annotated[Path | None, BeforeValidator(_as_path)] = None  # a vision-language model
-    max_new_tokens: int = Field(512, ge=1)
+    max_new_tokens: int = Field(512, ge=1, le=32768)
     device: str = "cpu"
 
     @model_validator(mode="after")
@@ -116,51 +92,22 @@ class PromptExtendSettings(BaseModel):
         return os.environ.get(self.api_key_env, "") if self.api_key_env else ""
 
 
-class QuotaLimits(BaseModel):
-    """One set of limits; 0 means unlimited."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    rate_per_second: float = Field(0.0, ge=0)  # creates per second (burst: one second's worth, at least 1)
-    max_running: int = Field(0, ge=0)  # tasks RUNNING at once; more wait PENDING ("queued")
-    max_queued: int = Field(0, ge=0)  # PENDING tasks at once; beyond it 429 Throttling.AllocationQuota
-
-
-class QuotaSettings(QuotaLimits):
-    """The `[quotas]` table: per-account limits (its own keys), overridden for one account by
-    `[quotas.accounts."name"]` and narrowed for one API key by `[quotas.keys."key id"]`; limits per account
-    and model in `[quotas.models."model"]`. Absent: no limits (the embedded
-    single-user default). The hosted table (2.2/2.1 models 2 RPS / 2 running, 2.5+ 5 / 5) is written out in
-    docs/deploy.md."""
-
-    accounts: dict[str, QuotaLimits] = Field(default_factory=dict)
-    keys: dict[str, QuotaLimits] = Field(default_factory=dict)
-    models: dict[str, QuotaLimits] = Field(default_factory=dict)
-
-    def for_account(self, account_id: str) -> QuotaLimits:
-        """The account's limits: its own table if it has one, else the defaults."""
-        return self.accounts.get(account_id, self)
-
-    def running_limit(self, account_id: str) -> int:
-        """How many of the account's tasks may run at once (0: unlimited)."""
-        return self.for_account(account_id).max_running
-
-
 class Settings(BaseSettings):
     """Every setting; each can come from the TOML file (`name = value`), the environment (WANSERVE_NAME) or,
     for some, a command-line flag. Immutable."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_ignore_empty=True, frozen=True,
-                                      extra="forbid")
+                                      extra="forbid", allow_inf_nan=False)
 
     data_dir: Path = Path("wanserve-data")
-    database_url: str = ""  # empty: sqlite:///<data_dir>/wanserve.db
+    # empty: sqlite:///<data_dir>/wanserve.db; else sqlite:// or postgresql+psycopg://
+    database_url: Annotated[str, AfterValidator(checks.database_url)] = ""
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-    workers: int = Field(1, ge=0)
+    workers: int = Field(1, ge=0, le=1024)
     # links (video_url, upload_host) start with this; empty: the request's scheme and Host, if that Host is
     # one of allowed_hosts (else the first allowed one)
-    public_base_url: str = ""
+    public_base_url: Annotated[str, AfterValidator(checks.http_url)] = ""
     # the Host headers links may be built on when public_base_url is empty, as "name" or "name:port" (a
     # name without a port matches the scheme's default port). Empty: this server's own host:port and its
     # localhost / 127.0.0.1 / [::1] forms. WANSERVE_ALLOWED_HOSTS=a.example,b.example:8000
@@ -169,30 +116,31 @@ class Settings(BaseSettings):
     # the embedded HTTP server's own bounds (api/server.py, docs/deploy.md)
     # open connections at once; beyond it the longest-idle connection still without a request is closed to
     # make room, and if none has waited 0.5 s the newcomer's request gets a 503
-    max_connections: int = Field(1000, ge=1)
-    header_timeout_seconds: float = Field(10.0, gt=0)  # a request's line and headers must arrive within this
-    body_timeout_seconds: float = Field(30.0, gt=0)  # a request body may pause this long at most
+    max_connections: int = Field(1000, ge=1, le=1_000_000)
+    # a request's line and headers must arrive within this
+    header_timeout_seconds: float = Field(10.0, gt=0, le=3600)
+    body_timeout_seconds: float = Field(30.0, gt=0, le=3600)  # a request body may pause this long at most
     # ...and must average at least this over each body_timeout_seconds (slow uploads are closed); 0: off
-    body_min_bytes_per_second: int = Field(1024, ge=0)
-    keep_alive_seconds: float = Field(5.0, gt=0)  # an idle kept-alive connection is closed after this
-    max_header_bytes: int = Field(16 * 1024, ge=1024)  # request line plus headers
-    backlog: int = Field(2048, ge=1)  # connections the kernel queues before the server accepts them
+    body_min_bytes_per_second: int = Field(1024, ge=0, le=1 << 30)
+    keep_alive_seconds: float = Field(5.0, gt=0, le=3600)  # an idle kept-alive connection is closed then
+    max_header_bytes: int = Field(16 * 1024, ge=1024, le=1 << 20)  # request line plus headers
+    backlog: int = Field(2048, ge=1, le=65535)  # connections the kernel queues before the server accepts them
     # a dead worker's task is retried this long after its last heartbeat
-    lease_seconds: float = Field(30.0, gt=0)
-    poll_seconds: float = Field(0.5, gt=0)  # how often an idle worker looks for work
-    max_attempts: int = Field(3, ge=1)  # runs of one task (first run plus retries after lost leases)
+    lease_seconds: float = Field(30.0, gt=0, le=86400)
+    poll_seconds: float = Field(0.5, gt=0, le=3600)  # how often an idle worker looks for work
+    max_attempts: int = Field(3, ge=1, le=100)  # runs of one task (first run plus retries after lost leases)
     # on SIGTERM/SIGINT, running tasks may finish this long; then they are handed back (attempt not counted)
-    shutdown_grace_seconds: float = Field(10.0, ge=0)
+    shutdown_grace_seconds: float = Field(10.0, ge=0, le=86400)
     # tasks and result files are removed this long after they end
-    task_ttl_seconds: int = Field(24 * 3600, gt=0)
-    upload_ttl_seconds: int = Field(48 * 3600, gt=0)
-    upload_policy_seconds: int = Field(300, gt=0)
-    upload_max_mb: int = Field(100, gt=0)
+    task_ttl_seconds: int = Field(24 * 3600, gt=0, le=_TEN_YEARS)
+    upload_ttl_seconds: int = Field(48 * 3600, gt=0, le=_TEN_YEARS)
+    upload_policy_seconds: int = Field(300, gt=0, le=7 * 86400)
+    upload_max_mb: int = Field(100, gt=0, le=1 << 20)
     # the largest create-request body (MiB), refused while it is read. 161 fits the largest legal request:
     # a wan2.7 first_clip (100 MiB) and last_frame (20 MiB) sent inline as data: URLs (base64: 160 MiB),
     # plus 1 MiB for prompts and JSON. Lower it to refuse inline media sooner (clients upload instead).
-    max_body_mb: int = Field(161, gt=0)
-    sweep_seconds: float = Field(600.0, gt=0)
+    max_body_mb: int = Field(161, gt=0, le=4096)
+    sweep_seconds: float = Field(600.0, gt=0, le=86400)
     # task times are shown in this zone, as the hosted service (UTC+8) does
     utc_offset_hours: float = Field(8.0, ge=-24, le=24)
     allow_private_media_urls: bool = False
@@ -206,14 +154,25 @@ class Settings(BaseSettings):
     api_key: str = ""  # WANSERVE_API_KEY: a bootstrap key (account "default") that `serve` also accepts
     log_level: Annotated[str, AfterValidator(_log_level)] = "INFO"  # WANSERVE_LOG_LEVEL
     # webhooks (docs/webhooks.md): a delivery that fails is retried until this long after its task ended
-    webhook_retry_seconds: float = Field(3600.0, ge=0)
+    webhook_retry_seconds: float = Field(3600.0, ge=0, le=30 * 86400)
     # ...after waiting this long, then twice as long each time (capped at 300 s)
-    webhook_backoff_seconds: float = Field(1.0, gt=0)
+    webhook_backoff_seconds: float = Field(1.0, gt=0, le=3600)
+    # one attempt's whole time, connect to answer (a receiver that hangs costs this, then the next is sent)
+    webhook_timeout_seconds: float = Field(5.0, gt=0, le=60)
+    # attempts one API process sends at once, and of them for one account (docs/webhooks.md "Fairness")
+    webhook_max_in_flight: int = Field(32, ge=1, le=1024)
+    webhook_max_in_flight_per_account: int = Field(4, ge=1, le=1024)
+    # open GET /tasks/{id}/events streams per API process (docs/deploy.md): in all, on top of max_connections
+    # (0: streams off), and for one account or one API key (beyond: 429 Throttling with Retry-After)
+    max_event_streams: int = Field(256, ge=0, le=100_000)
+    max_event_streams_per_account: int = Field(32, ge=1, le=100_000)
+    max_event_streams_per_key: int = Field(16, ge=1, le=100_000)
     # log lines as plain text, or one JSON object per line for log shippers (logs.py; WANSERVE_LOG_FORMAT)
     log_format: Literal["text", "json"] = "text"
     # storage = "s3" (storage/s3.py, docs/deploy.md "S3 storage"): the bucket results and uploads go to
     s3_bucket: str = ""
-    s3_endpoint_url: str = ""  # e.g. "http://minio.internal:9000"; empty: AWS S3 (its regional endpoint)
+    # e.g. "http://minio.internal:9000"; empty: AWS S3 (its regional endpoint)
+    s3_endpoint_url: Annotated[str, AfterValidator(checks.http_url)] = ""
     s3_region: str = ""  # empty: boto3's default (AWS_REGION, ~/.aws/config, else us-east-1)
     s3_prefix: str = ""  # prepended to every object key, e.g. "wanserve/" (a "/" is added if missing)
     # credentials; both empty: boto3's default chain (environment, ~/.aws files, instance or task role)
@@ -227,15 +186,18 @@ class Settings(BaseSettings):
     # multi-GPU tasks (docs/deploy.md "Multi-GPU tasks"): how long one rank waits for the others in a
     # collective (a task's start, a denoising step, the end of rank 0's decode/encode) before it gives the
     # group up as broken and exits, so a hung or dead rank never holds the GPUs for ever
-    dist_timeout_seconds: float = Field(600.0, gt=0)
+    dist_timeout_seconds: float = Field(600.0, gt=0, le=86400)
     # `worker --gpus 0,1`: how long a rank may take to stop after the group is told to stop
-    dist_stop_seconds: float = Field(30.0, gt=0)
+    dist_stop_seconds: float = Field(30.0, gt=0, le=3600)
     # [quotas]: per-account create rate, running and queued limits; None (absent): no limits
     quotas: QuotaSettings | None = None
     # a task running longer than this ends FAILED InternalError.Timeout (the hosted 3 h cap)
-    max_run_seconds: float = Field(3 * 3600.0, gt=0)
+    max_run_seconds: float = Field(3 * 3600.0, gt=0, le=30 * 86400)
     # [prompt_extend]: the prompt rewriter for requests with prompt_extend true; None: prompts pass unchanged
     prompt_extend: PromptExtendSettings | None = None
+    # /readyz: why each failed check failed (endpoints, bucket and host names, driver messages) in its
+    # body; false: only which checks failed, their reasons in the log
+    readyz_details: bool = False
 
     def __init__(self, **values: Any) -> None:
         """Direct construction (`Settings(data_dir=..., workers=...)`): the given values beat the environment,
@@ -249,6 +211,13 @@ class Settings(BaseSettings):
             name = str(error["loc"][0]) if error["loc"] else ""
             kind = "init" if name in values or name not in Settings.model_fields else "env"
             raise SettingsError(_problem(kind, name, error, where="Settings()")) from None
+        where = _WHERE.get()
+        for name, field in Settings.model_fields.items():  # settings without an upper bound too
+            for loc, value in bad_numbers(getattr(self, name), field, (name,)):
+                raise SettingsError(_problem("init", name, _out_of_range(loc, value), where=where))
+        if self.storage == "s3" and not self.s3_bucket:
+            raise SettingsError(f'{where}: s3_bucket: must be set with storage = "s3", got ""; write e.g. '
+                                's3_bucket = "wanserve-videos" (or set WANSERVE_S3_BUCKET)')
 
     @property
     def db_url(self) -> str:
@@ -269,16 +238,6 @@ class Settings(BaseSettings):
                 pass
             tmp.unlink()
         return path.read_text().strip().encode()
-
-
-class DistributedEnv(BaseModel):
-    """This process's place in a torchrun-style process group (one rank per GPU of a multi-GPU worker)."""
-
-    rank: int
-    world_size: int
-    local_rank: int
-    master_addr: str = "127.0.0.1"
-    master_port: int = 29500
 
 
 def inherited_environment() -> dict[str, str]:
@@ -316,7 +275,11 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     for name, value in overrides.items():
         if value is not None:
             values[name] = _check("flag", name, value, where=f"command line --{name.replace('_', '-')}")
-    return Settings(**values)
+    token = _WHERE.set(str(config_file) if config_file else "settings")
+    try:
+        return Settings(**values)
+    finally:
+        _WHERE.reset(token)
 
 
 def client_environment() -> tuple[str, str]:
@@ -337,6 +300,9 @@ def _read_file(path: str) -> dict[str, Any]:
     except OSError as exc:
         raise SettingsError(f"{path}: cannot read the settings file ({exc.strerror or exc}); "
                             "check the --config path") from None
+    except UnicodeDecodeError as exc:
+        raise SettingsError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+                            f"{exc.start}); the settings file must be TOML saved as UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise SettingsError(f"{path}: not valid TOML ({_one_line(str(exc))}); write `name = value` lines, "
                             'strings in quotes, e.g. host = "0.0.0.0"') from None
@@ -381,11 +347,19 @@ def _check(kind: str, name: str, value: Any, *, where: str) -> Any:
                                 f'write e.g. {name} = "/var/lib/wanserve"')
         strict = False  # a path is written as a string in TOML
     try:
-        return _adapter(name).validate_python(value, strict=strict)
+        checked = _adapter(name).validate_python(value, strict=strict)
     except ValidationError as exc:
         error = exc.errors()[0]
         error["loc"] = (name, *error["loc"])
         raise SettingsError(_problem(kind, name, error, where=where)) from None
+    for loc, number in bad_numbers(checked, Settings.model_fields[name], (name,)):  # not finite, too large
+        raise SettingsError(_problem(kind, name, _out_of_range(loc, number), where=where))
+    return checked
+
+
+def _out_of_range(loc: tuple[str, ...], value: Any) -> dict[str, Any]:
+    """A number outside its range (or not finite) as a pydantic error, for _problem."""
+    return {"type": "out_of_range", "loc": loc, "input": value, "msg": "out of range"}
 
 
 # ---------------------------------------------------------------------------------------------- the messages
@@ -428,13 +402,12 @@ def _problem(kind: str, name: str, error: Any, *, where: str) -> str:
             return f"{prefix}{what}, got the string {_shown(value)}; write {name} = {value.strip()} " \
                    "(no quotes)"
         return f"{prefix}{what}, got {_shown(value)}; {_write(kind)} e.g. {_example(kind, name)}"
-    bounds = {"greater_than": "greater than", "greater_than_equal": "at least", "less_than": "less than",
-              "less_than_equal": "at most"}
-    if error["type"] in bounds:
-        limit = next(iter(error.get("ctx", {}).values()), "")
-        limit = int(limit) if isinstance(limit, float) and limit.is_integer() else limit
-        return (f"{prefix}must be {bounds[error['type']]} {limit}, got {_shown(value)}; "
-                f"{_write(kind)} e.g. {_example(kind, name)}")
+    ranged = ("greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number",
+              "out_of_range")
+    info = field_at(Settings, tuple(error["loc"])) if error["type"] in ranged else None
+    if info is not None:  # the whole allowed range, whichever end was crossed
+        return (f"{prefix}must be {checks.range_text(info)}, got {_shown(value)}; "
+                f"{_write(kind)} e.g. {_example(kind, name, tuple(error['loc']))}")
     return (f"{prefix}{_one_line(error['msg'])}, got {_shown(value)}; "
             f"{_write(kind)} e.g. {_example(kind, name)}")
 
@@ -464,7 +437,12 @@ def _write(kind: str) -> str:
     return {"file": "write", "env": "set", "flag": "use"}.get(kind, "pass")
 
 
-def _example(kind: str, name: str) -> str:
+def _example(kind: str, name: str, loc: tuple[Any, ...] = ()) -> str:
+    nested = field_at(Settings, loc) if len(loc) > 1 else None
+    if nested is not None:  # a key of a table: [quotas], [prompt_extend]
+        text = _toml(nested.get_default(call_default_factory=True))
+        return f"{loc[-1]} = {text} in [{'.'.join(str(p) for p in loc[:-1])}]" if kind == "file" else \
+            f"{ENV_PREFIX}{name.upper()}='{{\"{loc[-1]}\": {text}}}'"
     if name == "prompt_extend":
         if kind == "file":
             return ('[prompt_extend] with backend = "openai", base_url = "http://127.0.0.1:8001/v1", '
@@ -485,29 +463,3 @@ def _example(kind: str, name: str) -> str:
     if kind == "flag":
         return f"--{name.replace('_', '-')} {_plain(value)}"
     return f"{name}={value!r}"
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (str, Path)):
-        return json.dumps(str(value))
-    if isinstance(value, list):
-        return json.dumps(value)
-    return repr(value)
-
-
-def _plain(value: Any) -> str:
-    if isinstance(value, list):
-        return ",".join(value)
-    return ("1" if value else "0") if isinstance(value, bool) else str(value)
-
-
-def _shown(value: Any) -> str:
-    text = json.dumps(value) if isinstance(value, str) else _toml(value) if isinstance(value, bool) \
-        else repr(value)
-    return _one_line(text if len(text) <= 60 else text[:57] + "...")
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())

@@ -38,6 +38,7 @@ class Code(StrEnum):
     IDEMPOTENT_MISMATCH = "IdempotentParameterMismatch"
     RATE_QUOTA = "Throttling.RateQuota"
     ALLOCATION_QUOTA = "Throttling.AllocationQuota"
+    THROTTLING = "Throttling"  # too many of something at once (event streams of a key or account)
     INTERNAL = "InternalError"
     INTERNAL_ALGO = "InternalError.Algo"
     INTERNAL_TIMEOUT = "InternalError.Timeout"
@@ -108,6 +109,11 @@ def allocation_quota(detail: str = "") -> QuotaExceeded:
     """The account's queue is full (the hosted message, and what to do)."""
     return QuotaExceeded(Code.ALLOCATION_QUOTA, "Allocated quota exceeded, please increase your quota limit."
                          + (f" {detail}" if detail else ""))
+
+
+def throttled(detail: str, retry_after_s: float) -> QuotaExceeded:
+    """Too many requests of one kind open at once (the hosted `Throttling` message, then what to do)."""
+    return QuotaExceeded(Code.THROTTLING, f"Requests throttling triggered. {detail}", retry_after_s)
 
 
 def run_timeout(limit_s: float) -> ServiceError:

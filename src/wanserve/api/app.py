@@ -9,6 +9,7 @@ from fastapi.openapi.utils import get_openapi
 from ..services import Services
 from . import console, dashscope, ops
 from .errors import install_error_handlers
+from .streams import EventStreams
 
 FLAVOURS = (dashscope,)  # the first one writes errors for paths no flavour claims
 
@@ -17,6 +18,7 @@ def create_app(services: Services) -> FastAPI:
     app = FastAPI(title="wanserve", summary="Self-hosted, DashScope-compatible Wan video synthesis",
                   version="0.1.0", docs_url=None, redoc_url=None)  # console serves both offline
     app.state.services = services
+    app.state.event_streams = EventStreams.from_settings(services.settings)  # counted per process
     for flavour in FLAVOURS:
         flavour.include(app)
     console.include(app)  # the web console at /, /docs and /redoc from packaged files

@@ -5,7 +5,10 @@ or behind the reverse proxy that keeps them from the internet (docs/deploy.md, M
 out of the OpenAPI schema: they are not part of the DashScope API.
 
 /readyz checks, concurrently, each within READY_TIMEOUT_SECONDS: the database answers `SELECT 1`, storage
-can store (`Storage.ping`), and at least one worker is live in the registry. Each check runs on a daemon
+can store (`Storage.ping`), at least one worker is live in the registry and none of this process's worker
+threads is down (worker/supervise.py). The body names the failed checks; why a check raised (a driver's
+message, an S3 endpoint or bucket, a path) is logged, and shown in the body only with `readyz_details`,
+since probes take no key. Each check runs on a daemon
 thread of its own rather than the request thread pool, so a database that hangs can neither starve the API
 of threads nor keep the process from exiting; while CHECKS_IN_FLIGHT of one kind still hang, a further
 probe fails that check at once instead of starting another thread.
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -36,6 +40,7 @@ CHECKS_IN_FLIGHT = 2  # per check and app: threads still waiting on a hung datab
 CHECKS = ("database", "storage", "workers")
 
 router = APIRouter(include_in_schema=False, tags=["operations"])
+log = logging.getLogger("wanserve.api")
 
 
 def include(app: FastAPI) -> None:
@@ -56,9 +61,10 @@ async def healthz() -> dict[str, str]:
 async def readyz(request: Request) -> JSONResponse:
     """200 when every check passes, else 503; either way each check's result (a readiness probe)."""
     svc, slots = services(request), request.app.state.readyz_slots
+    details = svc.settings.readyz_details
     runs = {"database": lambda: _database(svc.db), "storage": lambda: _storage(svc),
-            "workers": lambda: _workers(svc)}
-    results = await asyncio.gather(*(_run(name, runs[name], slots[name]) for name in CHECKS))
+            "workers": lambda: _workers(svc, details)}
+    results = await asyncio.gather(*(_run(name, runs[name], slots[name], details) for name in CHECKS))
     checks = dict(zip(CHECKS, results, strict=True))
     failed = [name for name, result in checks.items() if not result["ok"]]
     body = {"status": "unavailable" if failed else "ok", "failed": failed, "checks": checks}
@@ -103,7 +109,10 @@ def _storage(svc: Services) -> dict[str, Any]:
     return {"ok": True}
 
 
-def _workers(svc: Services) -> dict[str, Any]:
+def _workers(svc: Services, details: bool) -> dict[str, Any]:
+    for problem in (health(details) for health in svc.local_workers):
+        if problem:  # this process's worker threads: one died (restarting), or they kept dying
+            return {"ok": False, "error": problem}
     live = len(svc.workers.live())
     if not live:
         return {"ok": False, "live": 0, "error": "no live worker: start `wanserve worker`, or `wanserve "
@@ -111,11 +120,11 @@ def _workers(svc: Services) -> dict[str, Any]:
     return {"ok": True, "live": live}
 
 
-async def _run(name: str, check: Callable[[], dict[str, Any]],
-               slots: threading.BoundedSemaphore) -> dict[str, Any]:
+async def _run(name: str, check: Callable[[], dict[str, Any]], slots: threading.BoundedSemaphore,
+               details: bool = False) -> dict[str, Any]:
     """`check()` on a daemon thread, within READY_TIMEOUT_SECONDS; an exception or the timeout is a
-    failed check saying why. `slots`: how many of this check may still hang before probes stop starting
-    threads for it."""
+    failed check saying why (an exception's message only with `details`; it is logged either way).
+    `slots`: how many of this check may still hang before probes stop starting threads for it."""
     if not slots.acquire(blocking=False):
         return {"ok": False, "error": f"earlier checks have not answered in {READY_TIMEOUT_SECONDS:g} s"}
     loop = asyncio.get_running_loop()
@@ -129,7 +138,10 @@ async def _run(name: str, check: Callable[[], dict[str, Any]],
         try:
             result = check()
         except Exception as exc:  # noqa: BLE001 - any failure is the check's answer
-            result = {"ok": False, "error": _why(exc)}
+            why = _why(exc)
+            log.warning("readyz: the %s check failed: %s", name, why)
+            result = {"ok": False, "error": why if details else f"{type(exc).__name__} (the reason is in "
+                      "the server log; readyz_details = true shows it here)"}
         finally:
             slots.release()
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile (the server stopped)

@@ -7,14 +7,17 @@
   after it opened (or, kept alive, after the first byte of its next request) is answered 408 and closed;
 - `body_timeout_seconds`, `body_min_bytes_per_second`: a request body that pauses that long, or that
   averages less than that rate over any such span, is closed (a slow upload cannot hold a connection);
-- `max_connections`: beyond it, the connections that have waited longest without sending a request (slow-
-  headers clients, idle kept-alive ones) are closed to make room, if they have waited 0.5 s; otherwise the
+- `max_connections` (connections carrying an event stream not counted: those have their own budget,
+  `max_event_streams`, api/streams.py): beyond it, the connections that have waited longest without
+  sending a request (slow-headers clients, idle kept-alive ones) are closed to make room, if they have
+  waited 0.5 s; otherwise the
   newcomer's request is answered 503 at once (uvicorn's `limit_concurrency`, which counts open connections,
   this one included, and running requests), and a newcomer that sends no request within 1 s is closed;
 - `keep_alive_seconds`, `max_header_bytes` (h11's largest incomplete event), `backlog`;
 - the soft limit on open files raised to the hard one, so that the cap, not "Too many open files", is what a
   flood of connections meets (where the hard limit is too low for the cap, the cap is lowered, with a
   warning);
+- TCP_NODELAY on every accepted connection, whatever made the listening socket (`set_nodelay`);
 - repeated log lines (accept errors, refused or timed-out connections, aborted uploads) rate-limited
   (`RateLimitFilter`), so a flood cannot fill the disk with one message.
 """
@@ -22,6 +25,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -34,6 +38,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ..config import Settings
 from .deps import allowed_hosts
+from .streams import EventStreams
 
 log = logging.getLogger("wanserve.api.server")
 
@@ -53,14 +58,22 @@ def build_server(app: Any, settings: Settings, *, log_level: str = "warning") ->
         log.warning("the open-files limit (%d) leaves room for %d connections, not max_connections (%d); "
                     "raise the limit (ulimit -n, systemd LimitNOFILE=) to allow more", files, cap,
                     settings.max_connections)
+    streams = getattr(getattr(app, "state", None), "event_streams", None)  # api/streams.py: on top of the cap
+    if streams is not None and files is not None and files < cap + streams.total + FD_RESERVE:
+        streams.total = max(0, files - FD_RESERVE - cap)  # plain requests first
+        log.warning("the open-files limit (%d) leaves room for %d event streams, not max_event_streams (%d); "
+                    "raise the limit (ulimit -n, systemd LimitNOFILE=) to allow more", files, streams.total,
+                    settings.max_event_streams)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level=log_level,
         access_log=False,  # api/access.py writes one line per request (wanserve.access), with its route
         # JSON logs: uvicorn's loggers keep no handlers of their own and reach the root's JSON one
         log_config=None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
-        http=_protocol_class(settings, cap),
+        http=_protocol_class(settings, cap, streams),
         ws="none",  # no WebSocket routes: an Upgrade must not hand the connection to an unguarded protocol
-        limit_concurrency=cap + 1,  # uvicorn answers 503 from the (cap + 1)th open connection on
+        # uvicorn answers 503 from the (cap + 1)th open connection on (the open event streams not counted:
+        # _GuardedH11.limit_concurrency)
+        limit_concurrency=cap + 1,
         timeout_keep_alive=settings.keep_alive_seconds,  # type: ignore[arg-type]  # a float is fine
         h11_max_incomplete_event_size=settings.max_header_bytes,
         backlog=settings.backlog,
@@ -82,14 +95,16 @@ class _Bounds:
     header_timeout: float
     body_timeout: float
     body_min_rate: int
+    streams: EventStreams | None = None  # open event streams: their connections sit on top of the cap
     # connections waiting for a request (fresh, or idle after one), oldest first, with the time they began
     waiting: dict[_GuardedH11, float] = field(default_factory=dict)
 
 
-def _protocol_class(settings: Settings, max_connections: int) -> type[_GuardedH11]:
+def _protocol_class(settings: Settings, max_connections: int,
+                    streams: EventStreams | None = None) -> type[_GuardedH11]:
     """A _GuardedH11 subclass carrying this server's bounds (uvicorn makes one protocol per connection)."""
     bounds = _Bounds(max_connections, settings.header_timeout_seconds,
-                     settings.body_timeout_seconds, settings.body_min_bytes_per_second)
+                     settings.body_timeout_seconds, settings.body_min_bytes_per_second, streams)
     return type("GuardedH11Protocol", (_GuardedH11,), {"bounds": bounds})
 
 
@@ -116,10 +131,11 @@ class _GuardedH11(H11Protocol):
     # -- uvicorn's hooks
 
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        set_nodelay(transport)
         super().connection_made(transport)
-        if len(self.connections) > self.bounds.max_connections:
+        if self._counted() > self.bounds.max_connections:
             self._make_room()
-            self._over_cap = len(self.connections) > self.bounds.max_connections
+            self._over_cap = self._counted() > self.bounds.max_connections
         self._watch()
 
     def data_received(self, data: bytes) -> None:
@@ -140,6 +156,24 @@ class _GuardedH11(H11Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._unwatch()
         super().connection_lost(exc)
+
+    # -- the cap, event streams apart
+
+    def _counted(self) -> int:
+        """The open connections that count against max_connections: all but those carrying an event stream."""
+        streams = self.bounds.streams
+        return len(self.connections) - (streams.count if streams is not None else 0)
+
+    @property  # type: ignore[override]
+    def limit_concurrency(self) -> int:
+        """uvicorn's 503 threshold, read at each request: the cap plus one, plus the open event streams (so
+        that streams, bounded apart, never take the room plain requests have)."""
+        streams = self.bounds.streams
+        return self.bounds.max_connections + 1 + (streams.count if streams is not None else 0)
+
+    @limit_concurrency.setter
+    def limit_concurrency(self, value: int | None) -> None:
+        pass  # uvicorn's __init__ sets it from its config (max_connections + 1); ours is computed
 
     # -- the deadlines
 
@@ -211,7 +245,7 @@ class _GuardedH11(H11Protocol):
         """Over the cap: close the connections that have waited longest for a request (EVICT_AFTER_SECONDS at
         least) until the count is back at the cap. Those that cannot be closed so stay, and uvicorn answers
         their requests 503 (limit_concurrency)."""
-        excess = len(self.connections) - self.bounds.max_connections
+        excess = self._counted() - self.bounds.max_connections
         now, victims = self.loop.time(), []
         for connection, since in self.bounds.waiting.items():  # oldest first
             if len(victims) >= excess or now - since < EVICT_AFTER_SECONDS:
@@ -232,6 +266,20 @@ class _GuardedH11(H11Protocol):
             self.transport.write(_TIMEOUT_RESPONSE)
         self.transport.close()
         self.connections.discard(self)  # no longer counts against the cap (uvicorn's connection_lost follows)
+
+
+def set_nodelay(transport: Any) -> None:
+    """TCP_NODELAY on an accepted connection. asyncio sets it only on sockets made with IPPROTO_TCP, and a
+    listening socket made with protocol 0 (uvicorn's own, systemd's, `--fd`) hands out connections without
+    it: Nagle then holds a response's second write until the client's delayed ACK, ~40 ms a response on a
+    kept-alive connection."""
+    sock = transport.get_extra_info("socket")
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:  # the peer already gone: nothing to speed up
+        pass
 
 
 # ------------------------------------------------------------------------------------------ the open files

@@ -12,10 +12,11 @@ body's form shows wrong; media problems end the task FAILED).
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 
 from ..catalog.models import find_model
 from ..errors import ServiceError
-from ..media.fetch import decode_data_url, url_form
+from ..media.fetch import LargeDataUrl, decode_data_url, url_form
 from ..storage.uploads import UploadStore
 from .inputs import max_bytes_for
 from .request import GenerationRequest, MediaError, MediaInput
@@ -24,10 +25,13 @@ INLINE_PREFIX = "inline"
 _HEAD_MAX = 100  # characters of a data: URL's head (data:<mime>;base64,) kept in the row
 
 
-def store_inline_media(req: GenerationRequest, uploads: UploadStore,
-                       account_id: str) -> tuple[GenerationRequest, list[str]]:
+def store_inline_media(
+        req: GenerationRequest, uploads: UploadStore, account_id: str,
+        large: Mapping[str, LargeDataUrl] | None = None) -> tuple[GenerationRequest, list[str]]:
     """`req` with its data: URLs stored as uploads of `account_id`, and the keys stored (for
-    `remove_inline_media` if the create does not go through). Nothing is left stored if it raises."""
+    `remove_inline_media` if the create does not go through). Nothing is left stored if it raises. `large`:
+    the data: URLs the body reader kept out of the body (api/bodies.py), by the placeholder that names
+    each in `req`; they are decoded from their pieces straight to a file."""
     if not any(url_form(m.url) == "data" for m in req.media):
         return req, []
     spec = find_model(req.model)
@@ -40,14 +44,21 @@ def store_inline_media(req: GenerationRequest, uploads: UploadStore,
                 media.append(item)
                 continue
             head = item.url[: item.url.find(",") + 1][:_HEAD_MAX]  # the normaliser stripped the URL
+            big = (large or {}).get(item.url)
             try:
-                data = decode_data_url(item.url, field=item.field, max_bytes=max_bytes_for(spec, item.role))
+                limit = max_bytes_for(spec, item.role)
+                data = (big.decode(field=item.field, max_bytes=limit) if big is not None
+                        else decode_data_url(item.url, field=item.field, max_bytes=limit))
             except ServiceError as exc:
                 media.append(item.model_copy(update={
                     "url": head, "error": MediaError(code=exc.code.value, message=exc.message)}))
                 continue
             key = f"{INLINE_PREFIX}/{uuid.uuid4().hex}/{item.role}"
-            uploads.save(key, account_id, req.model, data)
+            try:
+                uploads.save(key, account_id, req.model, data)
+            finally:
+                if not isinstance(data, bytes):
+                    data.close()
             stored.append(key)
             media.append(item.model_copy(update={"url": head, "upload_key": key}))
     except BaseException:

@@ -25,18 +25,21 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import ipaddress
 import re
 import socket
+import tempfile
 import time
 from collections.abc import Callable
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import httpx
 
 from wanserve.errors import Code, ServiceError
 
 __all__ = [
+    "LargeDataUrl",
     "OssResolver",
     "address_is_forbidden",
     "checked_http_url",
@@ -161,6 +164,72 @@ def decode_data_url(url: str, *, field: str, max_bytes: int) -> bytes:
     if len(data) > max_bytes:
         raise _too_big(field, max_bytes)
     return data
+
+
+class LargeDataUrl:
+    """A data: URL too large to hold as one string: its head (`data:<mime>;base64,`) and the payload as the
+    raw pieces of the request body it arrived in (printable ASCII only: no quote, escape or control
+    character, so they are the string's characters as they are). `decode` writes the bytes to a temporary
+    file piece by piece, so a large inline file costs about its encoded size once in memory, never a string,
+    a joined copy and the decoded bytes at once. api/bodies.py builds it while a body arrives, and the body
+    names it by `placeholder` (the head and the payload's sha256: the same payload, the same text)."""
+
+    def __init__(self, head: str) -> None:
+        self.head = head
+        self.pieces: list[bytes] = []
+        self._sha = hashlib.sha256()
+
+    def add(self, piece: bytes) -> None:
+        self.pieces.append(piece)
+        self._sha.update(piece)
+
+    @property
+    def placeholder(self) -> str:
+        return f"{self.head}#sha256={self._sha.hexdigest()}"
+
+    def decode(self, *, field: str, max_bytes: int) -> BinaryIO:
+        """The decoded bytes in a temporary file (read from its start; the caller closes it), checked as
+        `decode_data_url` checks a data: URL; ServiceError (InvalidParameter, InvalidFile.Size) naming
+        `field` otherwise."""
+        pieces = self.pieces  # spaces are the only whitespace such a piece can hold: not counted
+        length = sum(len(p) - p.count(b" ") for p in pieces)
+        if not length:
+            raise ServiceError(Code.INVALID_PARAMETER, f"{field}: the data: URL carries no data.")
+        tail = b"".join(p[-16:] for p in pieces[-8:]).replace(b" ", b"")[-8:]  # enough to count the padding
+        padding = len(tail) - len(tail.rstrip(b"="))
+        if length * 3 // 4 - min(padding, 2) > max_bytes:
+            raise _too_big(field, max_bytes)
+        out = tempfile.SpooledTemporaryFile(max_size=2**20)  # noqa: SIM115 - the caller closes it
+        try:
+            size, carry = 0, b""
+            for i, piece in enumerate(pieces):
+                data = carry + piece.translate(_URLSAFE, b" ")
+                if i == len(pieces) - 1:
+                    data += b"=" * (-len(data) % 4)
+                    cut = len(data)
+                else:  # whole quads, and the last one kept back: padding may only end the payload
+                    cut = max(0, (len(data) - 1) // 4 * 4)
+                    if b"=" in data[:cut]:
+                        raise binascii.Error("Discontinuous padding not allowed")
+                chunk, carry = data[:cut], data[cut:]
+                decoded = binascii.a2b_base64(chunk, strict_mode=True) if chunk else b""
+                size += len(decoded)
+                out.write(decoded)
+        except (binascii.Error, ValueError) as exc:
+            out.close()
+            raise ServiceError(
+                Code.INVALID_PARAMETER,
+                f"{field}: the data: URL does not contain valid base64 data ({exc}). "
+                "Use the form data:<mime>;base64,<data>.",
+            ) from None
+        if size > max_bytes:
+            out.close()
+            raise _too_big(field, max_bytes)
+        out.seek(0)
+        return out  # type: ignore[return-value]
+
+
+_URLSAFE = bytes.maketrans(b"-_", b"+/")
 
 
 # ------------------------------------------------------------------------------------------------ oss:// URLs

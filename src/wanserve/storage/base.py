@@ -62,6 +62,12 @@ class Storage(Protocol):
 
     def remove_partial(self, handle: str) -> None: ...
 
+    def temp_files(self) -> Iterable[tuple[str, str]]:
+        """(task id, handle) of each temp file in this process's own data folder (`<data_dir>/partial/`: temp
+        results and the encoder's `.part` files), the part of `partial_results` a worker sweeps for itself
+        (nothing remote); removed with `remove_partial`."""
+        ...
+
     # -- uploads ----------------------------------------------------------------------------
     def save_upload(self, key: str, data: bytes | BinaryIO) -> None:
         """Store an upload atomically: bytes, or a binary file copied from its current position."""

@@ -66,6 +66,9 @@ class LocalStorage:
 
     def partial_results(self) -> Iterator[tuple[str, str]]:
         """Temp results, and the encoder's own temp files beside them (`.<name>.<hex>.part`)."""
+        return self.temp_files()
+
+    def temp_files(self) -> Iterator[tuple[str, str]]:
         for p in (self.root / "partial").iterdir():
             yield p.name.lstrip(".").split(".", 1)[0], p.name
 

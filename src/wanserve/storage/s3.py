@@ -138,8 +138,7 @@ class S3Storage:
     def partial_results(self) -> Iterator[tuple[str, str]]:
         """This machine's temp results (and the encoder's `.<name>.<hex>.part` files beside them), then the
         bucket's unfinished multipart uploads of results (handle: the JSON [key, upload id])."""
-        for p in self.partial.iterdir():
-            yield p.name.lstrip(".").split(".", 1)[0], p.name
+        yield from self.temp_files()
         folder = f"{self.prefix}results/"
         for page in self.client.get_paginator("list_multipart_uploads").paginate(
                 Bucket=self.bucket, Prefix=folder):
@@ -147,6 +146,11 @@ class S3Storage:
                 parsed = _parse_result_name(upload["Key"][len(folder):])
                 task_id = parsed[0] if parsed is not None else ""
                 yield task_id, json.dumps([upload["Key"], upload["UploadId"]])
+
+    def temp_files(self) -> Iterator[tuple[str, str]]:
+        """This machine's temp results and encoder `.part` files (`<data_dir>/partial/`), nothing remote."""
+        for p in self.partial.iterdir():
+            yield p.name.lstrip(".").split(".", 1)[0], p.name
 
     def remove_partial(self, handle: str) -> None:
         if _SAFE_SEGMENT.match(handle):  # a local temp file (a JSON handle never matches)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from ..tasks.states import TERMINAL, TaskStatus
@@ -66,6 +67,36 @@ def sweep_orphans(store: TaskStore, storage: Storage) -> int:
         storage.remove_attempt(task_id, attempt)
         removed += 1
     return removed
+
+
+def sweep_temp_files(store: TaskStore, storage: Storage, busy: Collection[str] = ()) -> int:
+    """A worker's sweep of its own data folder (`<data_dir>/partial/`), which the API's sweeper never sees
+    when each worker has its own: remove the temp results and encoder `.part` files of tasks that are not
+    RUNNING (a killed worker's leftovers, the attempts it lost). Files of the tasks in `busy` (the ones this
+    process is running now) and of every RUNNING task (another process sharing the folder may be writing
+    them) are kept; a file written after the listing is not looked at."""
+    temps = [(task_id, handle) for task_id, handle in storage.temp_files() if task_id not in busy]
+    if not temps:
+        return 0
+    statuses = store.statuses({task_id for task_id, _ in temps})
+    removed = 0
+    for task_id, handle in temps:
+        if statuses.get(task_id) != TaskStatus.RUNNING and task_id not in busy:
+            storage.remove_partial(handle)
+            removed += 1
+    if removed:
+        log.info("swept %d temp files of tasks no longer running", removed)
+    return removed
+
+
+def run_temp_sweeper(store: TaskStore, storage: Storage, every_s: float, stop: threading.Event,
+                     busy: Callable[[], Collection[str]]) -> None:
+    """`sweep_temp_files` every `every_s` until `stop` (a worker process's own sweeper)."""
+    while not stop.wait(every_s):
+        try:
+            sweep_temp_files(store, storage, busy())
+        except Exception:  # next time; a failed sweep loses nothing
+            log.exception("temp file sweep failed")
 
 
 def run_sweeper(store: TaskStore, uploads: UploadStore, storage: Storage, every_s: float,

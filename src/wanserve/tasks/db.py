@@ -27,7 +27,19 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def open_engine(url: str) -> Engine:
+def idle_transaction_seconds(lease_seconds: float) -> float:
+    """How long PostgreSQL lets a session sit idle inside a transaction before it ends the session (and
+    its locks): half a lease, between 1 and 10 s. Every transaction here is a few statements long, so
+    only a process that stopped mid-transaction (SIGSTOP, a debugger, a frozen VM) gets there, and
+    then its row locks must not outlive its lease: a claim skips locked rows (SKIP LOCKED), so a task
+    whose worker was stopped inside a heartbeat would otherwise never be taken over."""
+    return max(1.0, min(10.0, lease_seconds / 2))
+
+
+def open_engine(url: str, *, idle_transaction_s: float = 10.0) -> Engine:
+    """An engine on `url`. PostgreSQL: sessions idle in a transaction for `idle_transaction_s` are ended
+    by the server (`idle_in_transaction_session_timeout`; see idle_transaction_seconds). SQLite has no
+    such guard: a process stopped while it holds the write lock holds up every writer until it goes on."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
@@ -52,7 +64,9 @@ def open_engine(url: str) -> Engine:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    idle_ms = max(1, round(idle_transaction_s * 1000))
+    return create_engine(url, pool_pre_ping=True,
+                         connect_args={"options": f"-c idle_in_transaction_session_timeout={idle_ms}"})
 
 
 @contextmanager

@@ -8,14 +8,19 @@ the future. Of several deliverers (one per API process) reading the same row, on
 one statement matches, so only one sends; if that one dies mid-send the lease runs out and another takes
 the task again. `finish()` is guarded by the lease value too, so a deliverer whose lease ran out (and whose
 task was taken over) cannot overwrite the new holder's schedule. NULL means nothing is left to deliver.
+
+`due()` hands the due deliveries out round-robin by account (every account's most overdue one, then each
+one's second, ...), counting the attempts a deliverer already has in flight for an account as turns that
+account has had, so one account's backlog cannot push another account's delivery behind it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy import Engine, case, func, insert, literal, select, update
 
 from .db import read, write
 from .schema import tasks, webhook_deliveries
@@ -26,19 +31,32 @@ from .states import TERMINAL
 class Due:
     task_id: str
     due_ms: int
+    account_id: str = ""
 
 
 class WebhookQueue:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def due(self, now: int, limit: int) -> list[Due]:
-        """Ended tasks whose next delivery attempt is due, most overdue first."""
-        query = (select(tasks.c.id, tasks.c.callback_due_ms)
-                 .where(tasks.c.callback_due_ms <= now, tasks.c.status.in_([s.value for s in TERMINAL]))
-                 .order_by(tasks.c.callback_due_ms).limit(limit))
+    def due(self, now: int, limit: int, *, per_account: int | None = None,
+            in_flight: Mapping[str, int] | None = None) -> list[Due]:
+        """Ended tasks whose next delivery attempt is due, at most `limit`, taken round-robin by account:
+        each account's most overdue first, then each one's second, and so on (most overdue first within a
+        round). `in_flight`: attempts the caller is sending now, per account; they count as rounds that
+        account has had, and with `per_account` an account gets at most `per_account` minus those."""
+        turn = func.row_number().over(partition_by=tasks.c.account_id,
+                                      order_by=(tasks.c.callback_due_ms, tasks.c.id))
+        ranked = (select(tasks.c.id, tasks.c.account_id, tasks.c.callback_due_ms, turn.label("turn"))
+                  .where(tasks.c.callback_due_ms <= now, tasks.c.status.in_([s.value for s in TERMINAL]))
+                  .subquery())
+        busy = {account: n for account, n in (in_flight or {}).items() if n > 0}
+        held = case(busy, value=ranked.c.account_id, else_=0) if busy else literal(0)
+        query = select(ranked.c.id, ranked.c.account_id, ranked.c.callback_due_ms)
+        if per_account is not None:
+            query = query.where(ranked.c.turn + held <= per_account)
+        query = query.order_by(ranked.c.turn + held, ranked.c.callback_due_ms, ranked.c.id).limit(limit)
         with read(self.engine) as conn:
-            return [Due(row.id, row.callback_due_ms) for row in conn.execute(query)]
+            return [Due(row.id, row.callback_due_ms, row.account_id) for row in conn.execute(query)]
 
     def take(self, due: Due, lease_until_ms: int) -> bool:
         """Claim one delivery attempt: True for exactly one of the deliverers that read `due`."""

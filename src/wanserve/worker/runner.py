@@ -44,6 +44,7 @@ from ..services import Services
 from ..tasks.states import TaskStatus
 from ..tasks.store import Claimed, TaskStore
 from ..tasks.workers import ALL_MODELS, WorkerRegistry
+from .supervise import ThreadGuard
 
 log = logging.getLogger("wanserve.worker")
 
@@ -148,6 +149,7 @@ class Worker:
         self.registry = registry
         self.models = models or [ALL_MODELS]  # canonical model names this worker serves
         self._last_beat = 0.0  # when the registry last heard from us (monotonic)
+        self.task_id: str | None = None  # the task running now (its temp files are not swept)
 
     def run_forever(self, stop: threading.Event) -> None:
         log.info("worker %s started", self.worker_id)
@@ -199,6 +201,7 @@ class Worker:
 
     def run_task(self, claimed: Claimed) -> None:
         task_id, attempt = claimed.id, claimed.attempts
+        self.task_id = task_id
         log.info("task %s: attempt %d on %s", task_id, attempt, self.worker_id)
         keeper = Keeper(self.store, task_id, self.worker_id, self.heartbeat_s, self.hand_back,
                         on_beat=lambda: self._beat(state="busy", task_id=task_id, set_task=True),
@@ -242,6 +245,7 @@ class Worker:
         except Exception as exc:  # noqa: BLE001 - any failure must end the task FAILED, not the worker
             self.record_failure(task_id, exc)
         finally:
+            self.task_id = None
             keeper.done.set()
             TASK_RUN_SECONDS.labels(model, outcome).observe(time.monotonic() - keeper.started_at)
             self._beat(state="idle", task_id=None, set_task=True)
@@ -265,9 +269,15 @@ class WorkerPool:
     `shutdown()` bounds that by a grace period and hands back what is still running."""
 
     def __init__(self, workers: list[Worker], threads: list[threading.Thread], stop: threading.Event,
-                 hand_back: threading.Event) -> None:
+                 hand_back: threading.Event, guard: ThreadGuard | None = None) -> None:
         self.workers, self.threads, self.stop, self.hand_back = workers, threads, stop, hand_back
+        self.guard = guard or ThreadGuard(stop)  # restarts a thread that dies (worker/supervise.py)
         self._hurry = threading.Event()
+
+    @property
+    def failed(self) -> bool:
+        """Whether the worker threads kept dying and the pool gave up (the process should exit non-zero)."""
+        return self.guard.fatal is not None
 
     def alive(self) -> bool:
         return any(t.is_alive() for t in self.threads)
@@ -296,21 +306,36 @@ class WorkerPool:
 
 
 def run_workers(services: Services, engines: EngineSet, count: int, stop: threading.Event, *,
-                pipeline: Any = None) -> WorkerPool:
+                pipeline: Any = None, on_fatal: Any = None) -> WorkerPool:
     """Start `count` worker threads on one shared pipeline; they stop claiming when `stop` is set, and
     `shutdown()` on the pool returned stops them within a grace period. `pipeline`: instead of
-    services.pipeline(engines), e.g. a multi-GPU worker's rank 0 LeaderPipeline (worker.distributed)."""
+    services.pipeline(engines), e.g. a multi-GPU worker's rank 0 LeaderPipeline (worker.distributed).
+    A thread that dies is restarted; if they keep dying, `stop` is set and `on_fatal(why)` called
+    (worker/supervise.py); meanwhile /readyz fails (services.local_workers)."""
     pipeline = pipeline if pipeline is not None else services.pipeline(engines)
     s = services.settings
     models = engines.served_models(s.worker_models)  # refused (EngineConfigError) unless configured
     hand_back = threading.Event()
-    workers, threads = [], []
+    guard = ThreadGuard(stop, on_fatal)
+    if count:
+        services.local_workers.append(guard.problem)  # /readyz asks it (api/ops.py)
+    workers: list[Worker] = []
+    threads = []
+    # this process's own data folder (the API's sweeper never sees a worker's own): a killed
+    # predecessor's temp files now, then every sweep_seconds, sparing the tasks running here
+    try:
+        services.sweep_temp_files()
+    except Exception:
+        log.exception("temp file sweep failed")
+    threading.Thread(target=services.run_temp_sweeper, daemon=True, name="temp-sweeper",
+                     args=(stop, lambda: {w.task_id for w in workers if w.task_id})).start()
     for i in range(count):
         worker = Worker(services.store, pipeline, lease_seconds=s.lease_seconds, poll_seconds=s.poll_seconds,
                         hand_back=hand_back, registry=services.workers, models=models,
                         max_run_seconds=s.max_run_seconds)
-        t = threading.Thread(target=worker.run_forever, args=(stop,), daemon=True, name=f"worker-{i}")
+        t = threading.Thread(target=guard.run, args=(worker.run_forever, f"worker-{i}"), daemon=True,
+                             name=f"worker-{i}")
         t.start()
         workers.append(worker)
         threads.append(t)
-    return WorkerPool(workers, threads, stop, hand_back)
+    return WorkerPool(workers, threads, stop, hand_back, guard)

@@ -17,7 +17,7 @@ from ...errors import Code, ServiceError, invalid_parameter
 from ...generation.inline import remove_inline_media, store_inline_media
 from ...tasks.db import now_ms
 from ...tasks.states import TaskStatus
-from ..bodies import read_body
+from ..bodies import LargeDataUrls, read_json_body
 from ..deps import CallerDep, public_base, request_id
 from ..deps import services as _services
 from .normalize import normalize
@@ -88,7 +88,18 @@ async def _create(request: Request, caller: Caller, endpoint: str) -> dict[str, 
                            "current user api does not support synchronous calls; "
                            "send the header X-DashScope-Async: enable.")
     services = _services(request)
-    raw = await read_body(request, services.settings.max_body_mb * 2**20, "request body", BODY_HINT)
+    # large data: URLs stay out of the parsed body, as pieces decoded straight to files (api/bodies.py)
+    raw, large = await read_json_body(request, services.settings.max_body_mb * 2**20, "request body",
+                                      BODY_HINT)
+    try:
+        return await _create_from(request, caller, endpoint, raw, large)
+    finally:
+        await run_in_threadpool(large.release)  # created or refused, the body's memory goes back at once
+
+
+async def _create_from(request: Request, caller: Caller, endpoint: str, raw: bytes,
+                       large: LargeDataUrls) -> dict[str, Any]:
+    services = _services(request)
     body = parse_json_body(raw)
     oss = request.headers.get("x-dashscope-ossresourceresolve", "").strip().lower() == "enable"
     gen = normalize(body, endpoint, oss_resolve=oss)
@@ -103,7 +114,8 @@ async def _create(request: Request, caller: Caller, endpoint: str) -> dict[str, 
     if limited:
         await run_in_threadpool(quotas.check, caller.account_id, caller.api_key_id, gen.model)
     # data: URLs become uploads of the caller's account; the row names them (removed if no task is created)
-    gen, inline = await run_in_threadpool(store_inline_media, gen, services.uploads, caller.account_id)
+    gen, inline = await run_in_threadpool(store_inline_media, gen, services.uploads, caller.account_id, large)
+    large.clear()
     create = partial(  # with a key: the task already created under it, if any
         services.store.create, account_id=caller.account_id, api_key_id=caller.api_key_id,
         request_id=request_id(request), model=gen.requested_model, route_model=gen.model,

@@ -4,23 +4,28 @@ the URL the client named at create time (X-Wanserve-Callback-Url, or its key's d
 Create side: `callback_for()` picks and checks the URL with the media downloads' SSRF guard (refused as
 InvalidParameter unless `allow_private_media_urls`); the task row stores it, due at once.
 
-Delivery side: a `Deliverer` loop (one thread per `wanserve serve`, beside the sweeper) takes due ended
-tasks from the store's `WebhookQueue` (one guarded UPDATE each, so deliverers in several processes never
-both send), re-checks the address at send time (DNS may have changed; the connection is pinned to the
-checked address, no redirects followed), signs the body as Stripe does and logs every attempt. A 2xx ends
-it; anything else is retried after 1, 2, 4, ... s (`webhook_backoff_seconds`, capped at 300 s) until
-`webhook_retry_seconds` after the task ended, then given up with a log line.
+Delivery side: a `Deliverer` loop (one thread per `wanserve serve`, beside the sweeper, running its own
+event loop) takes due ended tasks from the store's `WebhookQueue` round-robin by account, as slots free up
+(`webhook_max_in_flight`, at most `webhook_max_in_flight_per_account` of them for one account; one guarded
+UPDATE each, so deliverers in several processes never both send), gives each attempt
+`webhook_timeout_seconds` in all, re-checks the address at send time (DNS may have changed; the connection
+is pinned to the checked address, no redirects followed), signs the body as Stripe does and logs every
+attempt. A 2xx ends it; anything else is retried after 1, 2, 4, ... s (`webhook_backoff_seconds`, capped
+at 300 s) until `webhook_retry_seconds` after the task ended, then given up with a log line.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
 import logging
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import httpx
@@ -49,11 +54,8 @@ CallbackHeader = Annotated[
 _PRIVATE_HINT = ("such callback URLs are refused. Use a public URL or, for private deployments, set "
                  "WANSERVE_ALLOW_PRIVATE_MEDIA_URLS=1 or allow_private_media_urls = true in the config file.")
 
-SEND_TIMEOUT_S = 10.0
-LEASE_MS = 60_000  # a taken delivery is another deliverer's again after this (ours died mid-send)
+LEASE_MARGIN_S = 60.0  # a taken delivery's lease: the attempt timeout plus this
 BACKOFF_CAP_S = 300.0
-BATCH = 50  # deliveries taken per pass
-PARALLEL = 8  # of which sent at once (a slow receiver does not hold up the others)
 
 
 def callback_for(header: str | None, caller: Caller, allow_private: bool) -> str | None:
@@ -94,79 +96,170 @@ def link_base(services: Services) -> str:
     return settings.public_base_url or f"http://{allowed_hosts(settings)[0]}/"
 
 
+@dataclass
+class _Attempt:
+    """One attempt being made: the task row, the body and its log row."""
+
+    task: dict[str, Any]
+    lease: int
+    url: str
+    body: bytes
+    started: int
+    delivery_id: int
+    attempt: int
+
+
 class Deliverer:
-    """Sends the due webhooks of one process; `run(stop)` loops until `stop` is set."""
+    """Sends the due webhooks of one process; `run(stop)` loops until `stop` is set.
+
+    Fair across accounts: at most `webhook_max_in_flight` attempts at once, of them at most
+    `webhook_max_in_flight_per_account` for one account, each ended after `webhook_timeout_seconds` whatever
+    the receiver does (connect, headers, body: one deadline); due deliveries are taken round-robin by
+    account as slots free up (`WebhookQueue.due`), so an account whose receiver never answers holds only its
+    own slots, and another account's delivery waits at most one attempt's timeout for a slot."""
 
     def __init__(self, services: Services, *, poll_seconds: float = 1.0, base: str | None = None) -> None:
+        settings = services.settings
         self.services = services
         self.queue = WebhookQueue(services.db)
         self.poll_seconds = poll_seconds
         self.base = base or link_base(services)
-        self.backoff_s = services.settings.webhook_backoff_seconds
-        self.retry_ms = int(services.settings.webhook_retry_seconds * 1000)
+        self.backoff_s = settings.webhook_backoff_seconds
+        self.retry_ms = int(settings.webhook_retry_seconds * 1000)
+        self.timeout_s = settings.webhook_timeout_seconds
+        self.parallel = settings.webhook_max_in_flight
+        self.per_account = settings.webhook_max_in_flight_per_account
+        # a taken delivery is another deliverer's again after this (ours died mid-send): well past a timeout
+        self.lease_ms = int((self.timeout_s + LEASE_MARGIN_S) * 1000)
+        self._lock = threading.Lock()
+        self.in_flight: Counter[str] = Counter()  # account -> attempts this deliverer is making now
+        self._freed: asyncio.Event | None = None  # set when an attempt ends (run's loop takes more)
 
     def run(self, stop: threading.Event) -> None:
-        with ThreadPoolExecutor(PARALLEL, thread_name_prefix="webhook") as pool:
-            while not stop.is_set():
-                try:
-                    list(pool.map(self.deliver, self.take_due()))
-                except Exception:  # a database hiccup: try again next pass
-                    log.exception("webhook pass failed")
-                stop.wait(self.poll_seconds)
+        asyncio.run(self._run(stop))
 
-    def take_due(self) -> list[tuple[Due, int]]:
-        """The due deliveries this deliverer won, each with its lease value (for `finish`)."""
+    async def _run(self, stop: threading.Event) -> None:
+        loop = asyncio.get_running_loop()
+        # database calls and DNS look-ups in threads of our own, enough for every slot
+        loop.set_default_executor(ThreadPoolExecutor(self.parallel + 2, thread_name_prefix="webhook"))
+        self._freed = freed = asyncio.Event()
+        sending: set[asyncio.Task[None]] = set()
+        while not stop.is_set():
+            freed.clear()
+            try:
+                for item in await asyncio.to_thread(self.take_due, self.parallel - len(sending)):
+                    task = asyncio.create_task(self._deliver(item))
+                    sending.add(task)
+                    task.add_done_callback(sending.discard)
+            except Exception:  # a database hiccup: try again next pass
+                log.exception("webhook pass failed")
+            try:  # the next pass: when an attempt ends (a slot is free), else after poll_seconds
+                await asyncio.wait_for(freed.wait(), self.poll_seconds)
+            except TimeoutError:
+                pass
+        if sending:  # attempts under way end within their timeout; their outcome is recorded
+            await asyncio.wait(sending, timeout=self.timeout_s + 5)
+
+    def take_due(self, slots: int | None = None) -> list[tuple[Due, int]]:
+        """Due deliveries this deliverer won (at most `slots`, default its free slots), round-robin by account
+        and within the per-account limit, each with its lease value (for `finish`); counted in flight."""
+        with self._lock:
+            held = dict(self.in_flight)
+        slots = self.parallel - sum(held.values()) if slots is None else slots
+        if slots <= 0:
+            return []
         now = now_ms()
-        taken = []
-        for due in self.queue.due(now, BATCH):
-            lease = now + LEASE_MS
-            if self.queue.take(due, lease):
-                taken.append((due, lease))
+        taken: list[tuple[Due, int]] = []
+        try:
+            for due in self.queue.due(now, slots, per_account=self.per_account, in_flight=held):
+                lease = now + self.lease_ms
+                if self.queue.take(due, lease):
+                    with self._lock:
+                        self.in_flight[due.account_id] += 1
+                    taken.append((due, lease))
+        except Exception:
+            if not taken:
+                raise
+            # what we hold is sent (and counted down) all the same; the rest waits for the next pass
+            log.exception("taking due webhooks failed after %d were taken", len(taken))
         return taken
 
     def deliver_due(self) -> int:
-        """One pass, inline (for tests and `run`): how many attempts were made."""
+        """One pass, inline (for tests): how many attempts were made."""
         taken = self.take_due()
         for item in taken:
             self.deliver(item)
         return len(taken)
 
     def deliver(self, item: tuple[Due, int]) -> None:
+        """One taken delivery's attempt, inline."""
+        asyncio.run(self._deliver(item))
+
+    async def _deliver(self, item: tuple[Due, int]) -> None:
         due, lease = item
+        try:
+            attempt = await asyncio.to_thread(self._begin, due, lease)
+            if attempt is None:
+                return
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    status, error = await self._send(attempt)
+            except TimeoutError:
+                status, error = None, f"no answer within {self.timeout_s:g} s (webhook_timeout_seconds)"
+            await asyncio.to_thread(self._end, attempt, status, error)
+        except Exception:  # the database: the lease runs out and the delivery is taken again
+            log.exception("webhook attempt for task %s failed", due.task_id)
+        finally:
+            with self._lock:
+                self.in_flight[due.account_id] -= 1
+                if self.in_flight[due.account_id] <= 0:
+                    del self.in_flight[due.account_id]
+            if self._freed is not None:
+                self._freed.set()
+
+    def _begin(self, due: Due, lease: int) -> _Attempt | None:
+        """Read the task and log the attempt (blocking); None when there is nothing to send."""
         task = self.services.store.get(due.task_id)
         if task is None or not task["callback_url"]:  # expired meanwhile, or nothing to send
             if task is not None:
                 self.queue.finish(due.task_id, lease, None)
-            return
+            return None
         body = json.dumps({"request_id": task["request_id"], **query_body(task, self.services, self.base)},
                           ensure_ascii=False, separators=(",", ":")).encode()
         url = task["callback_url"]
         started = now_ms()
-        delivery_id, attempt = self.queue.begin_attempt(task["id"], url, started)
-        status, error = self._send(url, body, task["id"], task["account_id"], delivery_id)
+        delivery_id, number = self.queue.begin_attempt(task["id"], url, started)
+        return _Attempt(task, lease, url, body, started, delivery_id, number)
+
+    def _end(self, attempt: _Attempt, status: int | None, error: str | None) -> None:
+        """Log the attempt's outcome and schedule the next one, or none (blocking)."""
+        task = attempt.task
         ok = status is not None and 200 <= status < 300
         ended = now_ms()
-        self.queue.end_attempt(delivery_id, ok=ok, status=status, error=error, duration_ms=ended - started)
-        next_due = None if ok else ended + backoff_ms(attempt, self.backoff_s)
+        self.queue.end_attempt(attempt.delivery_id, ok=ok, status=status, error=error,
+                               duration_ms=ended - attempt.started)
+        next_due = None if ok else ended + backoff_ms(attempt.attempt, self.backoff_s)
         if next_due is not None and next_due > task["end_ms"] + self.retry_ms:
-            log.warning("webhook for task %s to %s given up after %d attempts (last: %s)", task["id"], url,
-                        attempt, error or f"HTTP {status}")
+            log.warning("webhook for task %s to %s given up after %d attempts (last: %s)", task["id"],
+                        attempt.url, attempt.attempt, error or f"HTTP {status}")
             next_due = None
-        self.queue.finish(task["id"], lease, next_due)
+        self.queue.finish(task["id"], attempt.lease, next_due)
 
-    def _send(self, url: str, body: bytes, task_id: str, account_id: str,
-              delivery_id: int) -> tuple[int | None, str | None]:
-        """POST once: (the receiver's status, None) or (None or its status, what went wrong)."""
+    async def _send(self, attempt: _Attempt) -> tuple[int | None, str | None]:
+        """POST once: (the receiver's status, None) or (None or its status, what went wrong). The caller
+        bounds it with the attempt timeout; the answer's body is never read."""
         settings = self.services.settings
+        task_id, account_id = attempt.task["id"], attempt.task["account_id"]
         try:
-            target, addresses = checked_http_url(url, field="callback URL",
-                                                 allow_private=settings.allow_private_media_urls)
+            target, addresses = await asyncio.to_thread(
+                checked_http_url, attempt.url, field="callback URL",
+                allow_private=settings.allow_private_media_urls)
         except ServiceError as exc:
             return None, exc.message
         headers = {"Content-Type": "application/json", "User-Agent": "wanserve-webhook/1",
-                   "X-Wanserve-Task-Id": task_id, "X-Wanserve-Delivery": str(delivery_id),
+                   "X-Wanserve-Task-Id": task_id, "X-Wanserve-Delivery": str(attempt.delivery_id),
                    "X-Wanserve-Signature": signature(webhook_secret(settings.secret(), account_id),
-                                                     int(time.time()), body)}
+                                                     int(time.time()), attempt.body)}
         extensions: dict[str, Any] = {}
         if addresses:  # pin the connection to the checked address; Host and TLS keep the name
             headers["Host"] = target.netloc.decode("ascii")
@@ -175,13 +268,15 @@ class Deliverer:
             target = target.copy_with(host=str(addresses[0]))
         try:
             # trust_env=False: an environment proxy would connect for us and defeat the pinning
-            with httpx.Client(trust_env=False, follow_redirects=False, timeout=SEND_TIMEOUT_S) as client:
-                response = client.post(target, content=body, headers=headers, extensions=extensions)
+            async with httpx.AsyncClient(trust_env=False, follow_redirects=False, timeout=self.timeout_s) \
+                    as client, client.stream("POST", target, content=attempt.body, headers=headers,
+                                             extensions=extensions) as response:
+                status = response.status_code
         except httpx.HTTPError as exc:
             return None, f"{type(exc).__name__}: {exc}"[:500]
-        if 200 <= response.status_code < 300:
-            return response.status_code, None
-        return response.status_code, f"HTTP {response.status_code}"
+        if 200 <= status < 300:
+            return status, None
+        return status, f"HTTP {status}"
 
 
 def run_deliverer(services: Services, stop: threading.Event) -> None:

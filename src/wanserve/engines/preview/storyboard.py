@@ -1,5 +1,6 @@
 """t2v: storyboard cards, one per shot of `job.shots` (one shot of the whole prompt when the plan is
-empty), each a slowly moving colour gradient under the shot's text, cross-faded at the cuts."""
+empty), each a slowly moving colour gradient under the shot's text, cross-faded at the cuts. A card is
+made as the frames reach its shot, so memory does not grow with the number of shots."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 
 from ..base import RenderJob, Shot
 from .common import FrameFn, job_rng
-from .text import card_text_layer
+from .text import Layer, card_text_layer
 
 CROSSFADE_SECONDS = 0.3
 
@@ -59,14 +60,24 @@ def storyboard(job: RenderJob) -> FrameFn:
     duration = n / fps
     shots = job.shots or (Shot(1, 0.0, float(duration), job.prompt or "(no prompt)"),)
     w, h = job.width, job.height
-    cards = [(Gradient(job_rng(job, f"card-{k}"), w, h), card_text_layer(shot, w, h))
-             for k, shot in enumerate(shots)]
+    # A shot's card (its gradient and full-frame text layer) is made when the frames reach it and
+    # dropped once they are past it: memory holds the cards of two or three neighbouring shots, however
+    # many the prompt has (each card depends on its shot alone, so the frames are the same).
+    cards: dict[int, tuple[Gradient, Layer]] = {}
+
+    def card(k: int) -> tuple[Gradient, Layer]:
+        made = cards.get(k)
+        if made is None:
+            for old in [j for j in cards if abs(j - k) > 1]:
+                del cards[old]
+            made = cards[k] = (Gradient(job_rng(job, f"card-{k}"), w, h), card_text_layer(shots[k], w, h))
+        return made
     # Frame ranges per card: frame i (time i/fps) belongs to the last shot starting at or before it.
     starts = [s.start for s in shots]
     fade = CROSSFADE_SECONDS
 
     def card_frame(k: int, seconds: float) -> np.ndarray:
-        gradient, layer = cards[k]
+        gradient, layer = card(k)
         return layer.over(gradient.at(seconds))
 
     def frame(i: int) -> np.ndarray:
